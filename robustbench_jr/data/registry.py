@@ -1,0 +1,70 @@
+"""Dataset registry by name, data-root search and the one "data not found" message."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+from ..errors import DataNotFoundError, unknown_name
+from .base import DatasetInfo, ImageDataset
+
+DATASETS: dict[str, DatasetInfo] = {}
+
+ENV_DATA_ROOT = "JR_DATA_ROOT"
+
+
+def register(info: DatasetInfo) -> DatasetInfo:
+    DATASETS[info.name] = info
+    return info
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise unknown_name("dataset", name, DATASETS)
+    return DATASETS[name]
+
+
+def data_roots(data_root: Optional[str | os.PathLike] = None) -> list[Path]:
+    """Directories searched for data, in order: ``data_root``, $JR_DATA_ROOT, ./data,
+    ~/.cache/robustbench_jr/data."""
+    roots: list[Path] = []
+    if data_root:
+        roots.append(Path(data_root).expanduser())
+    if os.environ.get(ENV_DATA_ROOT):
+        roots.append(Path(os.environ[ENV_DATA_ROOT]).expanduser())
+    roots.append(Path("data"))
+    roots.append(Path.home() / ".cache" / "robustbench_jr" / "data")
+    seen, out = set(), []
+    for r in roots:
+        key = str(r.resolve()) if r.exists() else str(r)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def not_found(name: str, split: str, tried: Iterable[Path | str]) -> DataNotFoundError:
+    info = DATASETS.get(name)
+    tried_s = "\n".join(f"  - {t}" for t in tried)
+    how = info.how_to_obtain if info else ""
+    return DataNotFoundError(
+        f"{name} ({split} split) not found. Paths tried:\n{tried_s}\nHow to obtain it:\n{how}"
+    )
+
+
+def load_dataset(
+    name: str,
+    split: str = "test",
+    data_root: Optional[str | os.PathLike] = None,
+    download: bool = False,
+) -> ImageDataset:
+    """Load dataset ``name`` (see ``DATASETS``), ``split`` 'train' or 'test'.
+
+    ``download=True`` lets torchvision download into ``data_root`` where the network
+    allows it; without it only local files are used.
+    """
+    info = get_dataset_info(name)
+    if split not in ("train", "test"):
+        raise DataNotFoundError(f"unknown split {split!r}; valid splits: test, train")
+    return info.loader(split=split, data_root=data_root, download=download)

@@ -1,0 +1,155 @@
+"""The audit's result store: one SQLite database per run directory (stdlib sqlite3).
+
+One row per model × search × sample, keyed by (model, search, sample_id) so that
+resuming and sharding are the same mechanism. Fooling distances are stored as REAL
+with +inf for "not fooled within budget" and 0 for "already misclassified".
+
+Tables
+------
+meta(key PRIMARY KEY, value)                 JSON values: config, seed, versions, device
+models(model PRIMARY KEY, checkpoint, card, clean_accuracy, jacobian_norm, n)
+noise_accuracy(model, sigma, accuracy, n)    accuracy under clipped N(0, σ²) noise
+batches(model, search, batch_key)            finished batches (for resume)
+results(model, search, sample_id, label, clean_pred, adv_pred, fooled,
+        l2, linf, l0, x_norm, n_forward, n_grad)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+DB_NAME = "results.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (
+    model TEXT PRIMARY KEY, checkpoint TEXT NOT NULL, card TEXT NOT NULL,
+    clean_accuracy REAL, jacobian_norm REAL, n INTEGER);
+CREATE TABLE IF NOT EXISTS noise_accuracy (
+    model TEXT NOT NULL, sigma REAL NOT NULL, accuracy REAL NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (model, sigma));
+CREATE TABLE IF NOT EXISTS batches (
+    model TEXT NOT NULL, search TEXT NOT NULL, batch_key TEXT NOT NULL,
+    PRIMARY KEY (model, search, batch_key));
+CREATE TABLE IF NOT EXISTS results (
+    model TEXT NOT NULL, search TEXT NOT NULL, sample_id INTEGER NOT NULL,
+    label INTEGER NOT NULL, clean_pred INTEGER NOT NULL, adv_pred INTEGER,
+    fooled INTEGER NOT NULL, l2 REAL NOT NULL, linf REAL NOT NULL, l0 REAL NOT NULL,
+    x_norm REAL NOT NULL, n_forward INTEGER NOT NULL, n_grad INTEGER NOT NULL,
+    PRIMARY KEY (model, search, sample_id));
+"""
+
+RESULT_COLUMNS = ("sample_id", "label", "clean_pred", "adv_pred", "fooled", "l2", "linf", "l0",
+                  "x_norm", "n_forward", "n_grad")
+
+
+def _enc(v: float) -> float:
+    # SQLite stores ±inf as REAL; NaN would become NULL, which we never want silently.
+    if isinstance(v, float) and math.isnan(v):
+        raise ValueError("NaN distance cannot be stored")
+    return v
+
+
+class ResultStore:
+    """Read/write access to ``RUN_DIR/results.sqlite``."""
+
+    def __init__(self, run_dir: str | Path, readonly: bool = False):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / DB_NAME
+        if readonly:
+            if not self.path.is_file():
+                from ..errors import InputError
+                raise InputError(f"{self.run_dir}: not a run directory (no {DB_NAME}); run `jr-eval run --out DIR` first")
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(self.path))
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.executescript(_SCHEMA)
+            self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- meta -------------------------------------------------------------
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def meta(self) -> dict:
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+
+    # ---- models -----------------------------------------------------------
+    def put_model(self, model: str, checkpoint: str, card: dict, clean_accuracy: Optional[float] = None,
+                  jacobian_norm: Optional[float] = None, n: Optional[int] = None) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
+                "checkpoint=excluded.checkpoint, card=excluded.card, "
+                "clean_accuracy=COALESCE(excluded.clean_accuracy, clean_accuracy), "
+                "jacobian_norm=COALESCE(excluded.jacobian_norm, jacobian_norm), n=COALESCE(excluded.n, n)",
+                (model, checkpoint, json.dumps(card, default=str), clean_accuracy, jacobian_norm, n))
+
+    def models(self) -> list[dict]:
+        cur = self.conn.execute("SELECT model, checkpoint, card, clean_accuracy, jacobian_norm, n FROM models ORDER BY rowid")
+        return [dict(model=m, checkpoint=c, card=json.loads(card), clean_accuracy=a, jacobian_norm=j, n=n)
+                for m, c, card, a, j, n in cur]
+
+    def put_noise_accuracy(self, model: str, rows: Iterable[tuple[float, float, int]]) -> None:
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO noise_accuracy VALUES (?, ?, ?, ?)",
+                                  [(model, float(s), float(a), int(n)) for s, a, n in rows])
+
+    def noise_accuracy(self, model: str) -> list[tuple[float, float, int]]:
+        return list(self.conn.execute(
+            "SELECT sigma, accuracy, n FROM noise_accuracy WHERE model=? ORDER BY sigma", (model,)))
+
+    # ---- per-sample results ----------------------------------------------
+    def batch_done(self, model: str, search: str, batch_key: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM batches WHERE model=? AND search=? AND batch_key=?",
+                                 (model, search, batch_key)).fetchone() is not None
+
+    def put_batch(self, model: str, search: str, batch_key: str, rows: list[dict]) -> None:
+        """Write one batch's rows and mark the batch finished, in one transaction."""
+        values = [(model, search, int(r["sample_id"]), int(r["label"]), int(r["clean_pred"]),
+                   None if r.get("adv_pred") is None else int(r["adv_pred"]), int(bool(r["fooled"])),
+                   _enc(float(r["l2"])), _enc(float(r["linf"])), _enc(float(r["l0"])), float(r["x_norm"]),
+                   int(r["n_forward"]), int(r["n_grad"])) for r in rows]
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
+            self.conn.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?)", (model, search, batch_key))
+
+    def searches(self, model: str) -> list[str]:
+        return [s for (s,) in self.conn.execute(
+            "SELECT DISTINCT search FROM results WHERE model=? ORDER BY rowid", (model,))]
+
+    def results(self, model: str, search: str) -> dict[str, np.ndarray]:
+        """Columns of the stored rows for (model, search), ordered by sample_id."""
+        cur = self.conn.execute(
+            f"SELECT {', '.join(RESULT_COLUMNS)} FROM results WHERE model=? AND search=? ORDER BY sample_id",
+            (model, search))
+        rows = cur.fetchall()
+        out: dict[str, np.ndarray] = {}
+        for i, col in enumerate(RESULT_COLUMNS):
+            vals = [r[i] for r in rows]
+            if col in ("l2", "linf", "l0", "x_norm"):
+                out[col] = np.asarray(vals, dtype=np.float64)
+            elif col == "adv_pred":
+                out[col] = np.asarray([-1 if v is None else v for v in vals], dtype=np.int64)
+            elif col == "fooled":
+                out[col] = np.asarray(vals, dtype=bool)
+            else:
+                out[col] = np.asarray(vals, dtype=np.int64)
+        return out
