@@ -1,0 +1,51 @@
+"""Pieces shared by the click commands: device choice, error handling, consoles."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+import torch
+from rich.console import Console
+
+from ..errors import JRError
+
+#: progress, tables and messages go to stderr so that --json output on stdout stays clean
+console = Console(stderr=True)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a usage error."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise JRError("--device cuda was requested but no CUDA device is available; use --device cpu or auto")
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise JRError(f"invalid --device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def handle_errors(fn):
+    """Turn JRError (bad input) into one red message on stderr and exit status 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except JRError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]; finished work is kept")
+            sys.exit(130)
+    return wrapper
+
+
+device_option = click.option(
+    "--device", default="auto", show_default=True,
+    help="auto (CUDA when present), cpu, cuda or cuda:N.")
+config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), default=None,
+    help="YAML file with options; command-line options override it.")
