@@ -1,1 +1,6 @@
-"""training"""
+"""Training loop, schedules, post-processing and adversarial training."""
+
+from .config import TrainConfig
+from .loop import TrainingDiverged, batch_indices, evaluate, fgsm_perturb, learning_rate, train
+
+__all__ = ["TrainConfig", "TrainingDiverged", "batch_indices", "evaluate", "fgsm_perturb", "learning_rate", "train"]

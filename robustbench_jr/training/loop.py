@@ -1,0 +1,298 @@
+"""The training loop: cross-entropy + input-gradient regularizer (+ FGSM adversarial
+training), step-decay schedule, periodic held-out evaluation, atomic resumable state.
+
+Resuming: the full state (model, optimizer, step, RNG states of the dropout / Jacobian
+projection / adversarial generators) is saved atomically every ``save_every`` steps;
+the data order is a pure function of (seed, epoch), so a resumed run continues to the
+same final weights as an uninterrupted one (on CPU, where kernels are deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..config import to_dict
+from ..data import get_dataset_info, load_dataset
+from ..errors import ConfigError, JRError
+from ..jacobian import mean_jacobian_norm
+from ..models import PixelSpaceModel, make_model, save_checkpoint
+from .config import TrainConfig
+
+STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+
+
+class TrainingDiverged(JRError):
+    """The loss became NaN or infinite."""
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Step decay: lr · lr_decay^(step // lr_step)."""
+    if cfg.lr_step <= 0:
+        return cfg.lr
+    return cfg.lr * cfg.lr_decay ** (step // cfg.lr_step)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Indices of the mini-batch at ``step``: epochs are seeded permutations, a pure
+    function of (seed, epoch); a ragged tail is dropped so every batch has batch_size."""
+    if batch_size == 0 or batch_size >= n:
+        return torch.arange(n)
+    per_epoch = n // batch_size
+    epoch, pos = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return perm[pos * batch_size:(pos + 1) * batch_size]
+
+
+def fgsm_perturb(model, x, y, eps_max: float, generator: torch.Generator) -> torch.Tensor:
+    """FGSM with a per-sample ε ~ U[0, ε_max] (Hoffman et al.'s adversarial training), in
+    [0, 1] pixel space, clipped to [0, 1]."""
+    x = x.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(x), y)
+    (g,) = torch.autograd.grad(loss, x)
+    eps = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) * eps_max
+    return (x + eps.view(-1, *[1] * (x.ndim - 1)) * g.sign()).clamp_(0, 1).detach()
+
+
+@torch.no_grad()
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = 0
+    for s in range(0, len(labels), batch_size):
+        x = images[s:s + batch_size].to(dev)
+        x = x.float().div(255) if x.dtype == torch.uint8 else x
+        correct += (model(x).argmax(1).cpu() == labels[s:s + batch_size]).sum().item()
+    model.train(was)
+    return correct / max(len(labels), 1)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load_train_data(cfg: TrainConfig):
+    train = load_dataset(cfg.dataset, "train", cfg.data_root, cfg.download)
+    if cfg.train_limit:
+        train = train.first(cfg.train_limit)
+    if cfg.few_shot:
+        from ..data import few_shot
+
+        train = few_shot(train, cfg.few_shot, cfg.seed)
+    return train
+
+
+def _load_heldout(cfg: TrainConfig):
+    from ..errors import DataNotFoundError
+
+    try:
+        return load_dataset(cfg.dataset, "test", cfg.data_root, cfg.download)
+    except DataNotFoundError:
+        if cfg.dataset == "mnist":
+            from ..data import bundled_mnist
+
+            return bundled_mnist()
+        raise
+
+
+def total_steps(cfg: TrainConfig, n_train: int) -> int:
+    if cfg.steps is not None:
+        return int(cfg.steps)
+    per_epoch = 1 if cfg.batch_size == 0 else max(n_train // cfg.batch_size, 1)
+    return max(int(math.ceil(cfg.epochs * per_epoch)), 1)
+
+
+def evaluate(model: PixelSpaceModel, images, labels, jacobian_samples: Optional[int] = None) -> dict:
+    """Accuracy and mean exact ‖J‖_F, in pixel space and w.r.t. the normalised input."""
+    acc = accuracy(model, images, labels)
+    jimgs = images if jacobian_samples is None else images[:jacobian_samples]
+    dev = next(model.parameters()).device
+    jn = mean_jacobian_norm(model, jimgs, batch_size=500, device=dev)
+    jn_norm = mean_jacobian_norm(model, jimgs, batch_size=500, input_scale=model.input_scale, device=dev)
+    return {"accuracy": acc, "jacobian_norm": jn, "jacobian_norm_normalized_input": jn_norm,
+            "n": len(labels), "n_jacobian": len(jimgs)}
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    init_model: Optional[PixelSpaceModel] = None,
+    parent: Optional[dict] = None,
+    progress: bool = True,
+    device: Optional[torch.device] = None,
+) -> dict:
+    """Run ``cfg`` and write ``out_dir/{model.safetensors, card.yaml, metrics.jsonl,
+    config.yaml, train_state.pt}``. Returns the card."""
+    from ..cli.common import console, resolve_device
+    import yaml
+
+    out = Path(out_dir)
+    device = device or resolve_device(cfg.device)
+    state_path = out / STATE_FILE
+    if not resume and state_path.exists():
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if resume and state_path.exists():
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        if saved["config"] != to_dict(cfg):
+            diff = sorted(k for k in saved["config"] if saved["config"].get(k) != to_dict(cfg).get(k))
+            raise ConfigError(f"--resume: {out} was started with a different config (differs in: {', '.join(diff)})")
+    else:
+        saved = None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    info = get_dataset_info(cfg.dataset)
+    train_set = _load_train_data(cfg)
+    heldout = _load_heldout(cfg)
+    n_train = len(train_set)
+    steps = total_steps(cfg, n_train)
+    bs = n_train if cfg.batch_size == 0 else min(cfg.batch_size, n_train)
+
+    torch.manual_seed(cfg.seed)
+    if init_model is None:
+        model = make_model(cfg.model, info.num_classes, info.normalization, train_set.input_shape, cfg.dropout)
+    else:
+        model = init_model
+        if cfg.dropout is not None:
+            for m in model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = cfg.dropout
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    reg = cfg.build_regularizer()
+    reg_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    adv_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+    start = 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        reg_gen.set_state(saved["reg_gen"])
+        adv_gen.set_state(saved["adv_gen"])
+        torch.set_rng_state(saved["cpu_rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        start = int(saved["step"])
+
+    x_all = train_set.pixels(device=device)
+    y_all = train_set.labels.to(device)
+    eval_x, eval_y = heldout.images[:cfg.eval_samples], heldout.labels[:cfg.eval_samples]
+
+    last_saved = start
+
+    def diverged(step: int, what: str) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"{what} at step {step}; stopped. The last good training state (step {last_saved}) is kept in "
+            f"{state_path}. Lower --lr or --lam and start again.")
+
+    def save_state(step: int) -> None:
+        nonlocal last_saved
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise diverged(step, "the weights became NaN or infinite")
+        last_saved = step
+        _atomic_torch_save({
+            "step": step, "config": to_dict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "reg_gen": reg_gen.get_state(), "adv_gen": adv_gen.get_state(), "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        }, state_path)
+
+    metrics_f = open(out / METRICS_FILE, "a")
+    n_adv = int(round(cfg.adv_fraction * bs))
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, ce, reg, correct
+    count = 0
+    t0 = time.time()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console,
+                   disable=not progress, transient=False)
+    last_eval: dict = {}
+    try:
+        with bar:
+            task = bar.add_task("train", total=steps, completed=start, stats="")
+            for step in range(start, steps):
+                lr = learning_rate(cfg, step)
+                for grp in opt.param_groups:
+                    grp["lr"] = lr
+                idx = batch_indices(n_train, cfg.batch_size, step, cfg.seed).to(device)
+                x, y = x_all[idx], y_all[idx]
+                if n_adv > 0:
+                    x = torch.cat([fgsm_perturb(model, x[:n_adv], y[:n_adv], cfg.adv_eps_max, adv_gen), x[n_adv:]])
+                if reg.needs_input_grad:
+                    x = x.detach().requires_grad_(True)
+                logits = model(x)
+                ce = F.cross_entropy(logits, y)
+                r = reg(model, x, y, logits, generator=reg_gen)
+                loss = ce + r.loss
+                if not torch.isfinite(loss):
+                    raise diverged(step, f"the loss became {loss.item()}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sums += torch.stack([loss.detach(), ce.detach(), r.value.to(loss.dtype),
+                                     (logits.argmax(1) == y).sum().to(loss.dtype) / len(y)]).double()
+                count += 1
+                done = step + 1
+                if done % cfg.log_every == 0 or done == steps:
+                    m = (sums / count).tolist()
+                    rec = {"step": done, "lr": lr, "loss": m[0], "ce": m[1], "reg": m[2], "train_acc": m[3],
+                           "time": round(time.time() - t0, 2)}
+                    if cfg.eval_every and (done % cfg.eval_every == 0):
+                        ev = evaluate(model, eval_x, eval_y, jacobian_samples=min(200, len(eval_y)))
+                        model.train()
+                        rec.update({"heldout_acc": ev["accuracy"], "heldout_jacobian_norm": ev["jacobian_norm"]})
+                        last_eval = ev
+                    metrics_f.write(json.dumps(rec) + "\n")
+                    metrics_f.flush()
+                    stats = f"loss {m[0]:.4f} ce {m[1]:.4f} reg {m[2]:.3g} acc {m[3]:.3f}"
+                    if last_eval:
+                        stats += f" | held-out acc {last_eval['accuracy']:.4f} ‖J‖ {last_eval['jacobian_norm']:.2f}"
+                    bar.update(task, completed=done, stats=stats)
+                    sums.zero_()
+                    count = 0
+                if done % cfg.save_every == 0 or done == steps:
+                    save_state(done)
+    finally:
+        metrics_f.close()
+
+    wall = time.time() - t0
+    final = evaluate(model, heldout.images, heldout.labels)
+    card = {
+        "architecture": cfg.model,
+        "dataset": cfg.dataset,
+        "normalization": model.normalization,
+        "training": {**to_dict(cfg), "steps_done": steps, "device": str(device),
+                     "wall_time_s": round(wall, 1), "torch_version": str(torch.__version__)},
+        "seed": cfg.seed,
+        "metrics": {
+            "test_accuracy": final["accuracy"],
+            "jacobian_norm": final["jacobian_norm"],
+            "jacobian_norm_normalized_input": final["jacobian_norm_normalized_input"],
+            "test_samples": final["n"],
+            "test_set": heldout.provenance,
+        },
+        "data_provenance": {"train": train_set.provenance, "n_train": n_train, "test": heldout.provenance},
+        "parent": parent,
+        "package_version": __version__,
+    }
+    save_checkpoint(out, model, card)
+    return card

@@ -1,0 +1,206 @@
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from robustbench_jr.cli.train import main as jr_train
+from robustbench_jr.config import build_config
+from robustbench_jr.errors import ConfigError
+from robustbench_jr.training import TrainConfig, batch_indices, learning_rate, train
+from helpers_data import fake_mnist_root
+
+SMALL = ["--model", "lenet", "--dataset", "mnist", "--batch-size", "50", "--eval-samples", "100",
+         "--eval-every", "20", "--log-every", "10", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return str(fake_mnist_root(tmp_path_factory.mktemp("data")))
+
+
+def _fit(args):
+    return CliRunner().invoke(jr_train, ["fit", *args], catch_exceptions=False)
+
+
+def test_fit_writes_checkpoint_card_metrics_and_config(tmp_path, data_root):
+    out = tmp_path / "run"
+    res = _fit([*SMALL, "--data-root", data_root, "--steps", "40", "--regularizer", "jr", "--lam", "0.01",
+                "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    card = yaml.safe_load((out / "card.yaml").read_text())
+    for key in ("architecture", "dataset", "normalization", "training", "metrics", "seed", "num_classes",
+                "input_shape", "data_provenance", "package_version"):
+        assert key in card
+    assert 0 <= card["metrics"]["test_accuracy"] <= 1
+    assert card["metrics"]["jacobian_norm"] > 0
+    # J w.r.t. the normalised input is J_pixel · std for single-channel MNIST
+    assert card["metrics"]["jacobian_norm_normalized_input"] == pytest.approx(
+        card["metrics"]["jacobian_norm"] * 0.3081, rel=1e-4)
+    assert card["training"]["regularizer"] == "jr" and card["training"]["lam"] == 0.01
+    assert (out / "model.safetensors").is_file()
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [10, 20, 30, 40]
+    assert {"loss", "ce", "reg", "train_acc"} <= set(lines[0])
+    assert "heldout_acc" in lines[1] and "heldout_jacobian_norm" in lines[1]
+    assert yaml.safe_load((out / "config.yaml").read_text())["steps"] == 40
+
+
+def test_training_learns_on_real_digits(tmp_path, data_root):
+    cfg = build_config(TrainConfig, dict(steps=150, batch_size=50, data_root=data_root, device="cpu",
+                                         eval_every=0, lr_step=0))
+    card = train(cfg, tmp_path / "r", progress=False)
+    # 800 real MNIST training images, 200 held-out: far above chance (0.1)
+    assert card["metrics"]["test_accuracy"] > 0.6
+
+
+def test_schedule_and_batches_are_pure_functions():
+    cfg = build_config(TrainConfig, dict(lr=0.1, lr_step=100, lr_decay=0.1))
+    assert learning_rate(cfg, 0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 99) == pytest.approx(0.1)
+    assert learning_rate(cfg, 100) == pytest.approx(0.01)
+    assert learning_rate(cfg, 250) == pytest.approx(0.001)
+    a = batch_indices(1000, 100, 13, seed=3)
+    assert torch.equal(a, batch_indices(1000, 100, 13, seed=3))
+    # one epoch visits every sample exactly once
+    epoch = torch.cat([batch_indices(1000, 100, s, 3) for s in range(10)])
+    assert torch.equal(epoch.sort().values, torch.arange(1000))
+    assert torch.equal(batch_indices(50, 0, 7, 0), torch.arange(50))  # full batch
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--lam", "-1"], "lam"),
+    (["--n-proj", "0", "--regularizer", "jr", "--lam", "0.1"], "n_proj"),
+    (["--regularizer", "nope"], "valid regularizers"),
+    (["--model", "nope"], "valid models"),
+    (["--dataset", "nope"], "valid datasets"),
+    (["--dropout", "1.5"], "dropout"),
+    (["--regularizer", "jr"], "lam > 0"),
+])
+def test_bad_values_rejected_before_work(tmp_path, args, needle):
+    res = CliRunner().invoke(jr_train, ["fit", "--out", str(tmp_path / "x"), *args])
+    assert res.exit_code == 2
+    assert needle in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_config_key_lists_valid(tmp_path):
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text("stepz: 10\n")
+    res = CliRunner().invoke(jr_train, ["fit", "--config", str(cfgfile), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "stepz" in res.output and "steps" in res.output
+
+
+def test_cli_overrides_config_file(tmp_path, data_root):
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text(f"steps: 1000\nlr: 0.05\ndata_root: {data_root}\nbatch_size: 50\n")
+    out = tmp_path / "o"
+    res = _fit(["--config", str(cfgfile), "--steps", "5", "--eval-every", "0", "--device", "cpu", "--quiet",
+                "--eval-samples", "50", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["steps"] == 5 and saved["lr"] == 0.05
+
+
+def test_nan_loss_stops_and_keeps_last_good_state(tmp_path, data_root):
+    out = tmp_path / "nan"
+    res = CliRunner().invoke(jr_train, ["fit", *SMALL, "--data-root", data_root, "--steps", "200",
+                                        "--save-every", "1", "--lr", "1e30", "--out", str(out)])
+    assert res.exit_code == 2
+    assert "became" in res.output and "train_state.pt" in res.output
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (out / "model.safetensors").exists()
+
+
+def test_resume_after_kill_gives_identical_weights(tmp_path, data_root):
+    """Kill a real training process mid-run, resume it, compare with an uninterrupted run."""
+    args = [*SMALL, "--data-root", data_root, "--steps", "120", "--save-every", "10",
+            "--regularizer", "jr", "--lam", "0.01", "--adv-fraction", "0.2", "--eval-every", "0"]
+    ref = tmp_path / "ref"
+    assert _fit([*args, "--out", str(ref)]).exit_code == 0
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "robustbench_jr.cli.train", "fit", *args, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "train_state.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state.exists():
+            try:
+                step = torch.load(state, weights_only=True)["step"]
+            except Exception:
+                step = 0
+            if step >= 30:
+                break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    killed_at = torch.load(state, weights_only=True)["step"]
+    assert killed_at < 120, "the run finished before it could be killed"
+    assert not (out / "model.safetensors").exists()
+
+    res = _fit([*args, "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    a, b = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_refuses_to_overwrite_or_resume_with_other_config(tmp_path, data_root):
+    out = tmp_path / "r"
+    base = [*SMALL, "--data-root", data_root, "--steps", "5", "--eval-every", "0", "--out", str(out)]
+    assert _fit(base).exit_code == 0
+    res = CliRunner().invoke(jr_train, ["fit", *base])
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = CliRunner().invoke(jr_train, ["fit", *base[:-2], "--lr", "0.5", "--out", str(out), "--resume"])
+    assert res.exit_code == 2 and "different config" in res.output and "lr" in res.output
+
+
+def test_finetune_names_parent(tmp_path, data_root):
+    parent = tmp_path / "parent"
+    assert _fit([*SMALL, "--data-root", data_root, "--steps", "20", "--eval-every", "0", "--out", str(parent)]).exit_code == 0
+    out = tmp_path / "pp"
+    res = CliRunner().invoke(jr_train, ["finetune", str(parent), "--data-root", data_root, "--steps", "10",
+                                        "--batch-size", "50", "--eval-every", "0", "--eval-samples", "50",
+                                        "--device", "cpu", "--quiet", "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    card = yaml.safe_load((out / "card.yaml").read_text())
+    assert card["parent"]["checkpoint"] == str(parent)
+    assert card["training"]["regularizer"] == "jr-exact" and card["training"]["lam"] == 0.1
+    assert card["training"]["reg_options"] == {"form": "jg"}
+
+
+def test_finetune_plain_state_dict(tmp_path, data_root):
+    from robustbench_jr.models import make_model
+
+    net = make_model("lenet", 10, "mnist").net
+    pt = tmp_path / "lenet.pt"
+    torch.save(net.state_dict(), pt)
+    out = tmp_path / "pp"
+    res = CliRunner().invoke(jr_train, ["finetune", str(pt), "--arch", "lenet", "--dataset", "mnist",
+                                        "--data-root", data_root, "--steps", "3", "--batch-size", "20",
+                                        "--eval-every", "0", "--eval-samples", "20", "--device", "cpu",
+                                        "--quiet", "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load((out / "card.yaml").read_text())["parent"]["checkpoint"] == str(pt)
+
+
+def test_few_shot_and_full_batch(tmp_path, data_root):
+    pytest.importorskip("robustbench_jr.data", minversion=None)
+    from robustbench_jr import data as d
+    if not hasattr(d, "few_shot"):
+        pytest.skip("few_shot not available")
+    cfg = build_config(TrainConfig, dict(steps=3, batch_size=0, few_shot=3, lr=0.01, lr_step=0, data_root=data_root,
+                                         device="cpu", eval_every=0, eval_samples=20))
+    card = train(cfg, tmp_path / "fs", progress=False)
+    assert card["data_provenance"]["n_train"] == 30
