@@ -1,11 +1,19 @@
 """Datasets: registry by name, IDX/torchvision loaders, the bundled real MNIST slice."""
 
 from .base import DatasetInfo, ImageDataset
-from .registry import DATASETS, data_roots, get_dataset_info, load_dataset
+from .registry import DATASETS, data_roots, get_dataset_info, load_dataset, not_found
 from .mnist import bundled_mnist
 from .idx import read_idx, write_idx
+from . import cifar, digits, imagenet  # noqa: F401  (register cifar10, cifar100, digits, imagenet)
+from .cifar import RestrictedUnpickler, UnsafePickleError, read_cifar_batches, safe_unpickle
+from .digits import digits_to_mnist_layout
+from .fewshot import few_shot
+from .imagenet import imagenet_preprocess
+from .samples import FOOLBOX_DATASETS, foolbox_samples
 
 __all__ = [
-    "DATASETS", "DatasetInfo", "ImageDataset", "bundled_mnist", "data_roots",
-    "get_dataset_info", "load_dataset", "read_idx", "write_idx",
+    "DATASETS", "DatasetInfo", "FOOLBOX_DATASETS", "ImageDataset", "RestrictedUnpickler",
+    "UnsafePickleError", "bundled_mnist", "data_roots", "digits_to_mnist_layout", "few_shot",
+    "foolbox_samples", "get_dataset_info", "imagenet_preprocess", "load_dataset", "not_found",
+    "read_cifar_batches", "read_idx", "safe_unpickle", "write_idx",
 ]

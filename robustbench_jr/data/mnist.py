@@ -26,11 +26,13 @@ _SUBDIRS = {
     "fashion-mnist": ["fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "fashion_mnist", ""],
 }
 
-# System-wide locations (Debian's dataset-fashion-mnist package).
+# System-wide locations. Debian's ``dataset-fashion-mnist`` package
+# (``apt-get install dataset-fashion-mnist``) installs the four gzipped IDX files into
+# /usr/share/datasets/fashion-mnist (checked with ``dpkg -L dataset-fashion-mnist``).
 _SYSTEM_DIRS = {
     "mnist": [],
-    "fashion-mnist": [Path("/usr/share/dataset-fashion-mnist"), Path("/usr/share/fashion-mnist"),
-                      Path("/usr/share/datasets/fashion-mnist")],
+    "fashion-mnist": [Path("/usr/share/datasets/fashion-mnist"), Path("/usr/share/fashion-mnist"),
+                      Path("/usr/share/dataset-fashion-mnist")],
 }
 
 
@@ -90,7 +92,8 @@ _MNIST_HOW = (
     "  * or put train/t10k-{images-idx3,labels-idx1}-ubyte[.gz] under --data-root/mnist"
 )
 _FASHION_HOW = (
-    "  * offline, from Debian: `apt-get install dataset-fashion-mnist` (files under /usr/share)\n"
+    "  * offline, from Debian: `apt-get install dataset-fashion-mnist`; it installs the IDX files into\n"
+    "    /usr/share/datasets/fashion-mnist, which this loader searches after the data roots\n"
     "  * or pass --download to let torchvision fetch it into --data-root\n"
     "  * or put the IDX files under --data-root/fashion-mnist"
 )

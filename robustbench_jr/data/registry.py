@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..errors import DataNotFoundError, unknown_name
+from ..errors import ConfigError, DataNotFoundError, unknown_name
 from .base import DatasetInfo, ImageDataset
 
 DATASETS: dict[str, DatasetInfo] = {}
@@ -44,13 +45,26 @@ def data_roots(data_root: Optional[str | os.PathLike] = None) -> list[Path]:
     return out
 
 
-def not_found(name: str, split: str, tried: Iterable[Path | str]) -> DataNotFoundError:
+def not_found(name: str, split: str, tried: Iterable[Path | str], how: Optional[str] = None) -> DataNotFoundError:
+    """The one "data not found" error: what was looked for, every path tried, how to get it.
+
+    ``how`` overrides the dataset's registered ``how_to_obtain`` text.
+    """
     info = DATASETS.get(name)
-    tried_s = "\n".join(f"  - {t}" for t in tried)
-    how = info.how_to_obtain if info else ""
+    tried_s = "\n".join(f"  - {t}" for t in tried) or "  (none)"
+    if how is None:
+        how = info.how_to_obtain if info else ""
     return DataNotFoundError(
         f"{name} ({split} split) not found. Paths tried:\n{tried_s}\nHow to obtain it:\n{how}"
     )
+
+
+def _accepts_limit(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "limit" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def load_dataset(
@@ -58,13 +72,27 @@ def load_dataset(
     split: str = "test",
     data_root: Optional[str | os.PathLike] = None,
     download: bool = False,
+    limit: Optional[int] = None,
 ) -> ImageDataset:
     """Load dataset ``name`` (see ``DATASETS``), ``split`` 'train' or 'test'.
 
     ``download=True`` lets torchvision download into ``data_root`` where the network
     allows it; without it only local files are used.
+
+    ``limit`` caps the number of samples. Loaders that can avoid reading the rest
+    (ImageNet) honour it themselves and say in the provenance how they chose the
+    samples; for the others the first ``limit`` samples are kept. Sample ids stay
+    those of the full split either way.
     """
     info = get_dataset_info(name)
     if split not in ("train", "test"):
         raise DataNotFoundError(f"unknown split {split!r}; valid splits: test, train")
-    return info.loader(split=split, data_root=data_root, download=download)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+    kwargs = dict(split=split, data_root=data_root, download=download)
+    if limit is not None and _accepts_limit(info.loader):
+        kwargs["limit"] = limit
+    ds = info.loader(**kwargs)
+    if limit is not None and len(ds) > limit:
+        ds = ds.first(limit)
+    return ds

@@ -167,10 +167,18 @@ class JGCifarNet(nn.Module):
 
 
 def _torchvision_resnet18(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.0):
-    """torchvision's ResNet-18 for ImageNet (standard init, no pretrained download)."""
+    """torchvision's ResNet-18 for ImageNet (standard init, no pretrained download).
+
+    ``dropout`` is ignored (the architecture has none); ``in_channels`` other than 3
+    replaces the stem convolution with one of the same geometry.
+    """
     import torchvision
 
-    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return net
 
 
 @dataclass(frozen=True)

@@ -123,14 +123,22 @@ def _load_torch(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        if "weights only" not in msg.lower() and "weights_only" not in msg:
+            # A damaged pickle stream, not a refused global.
+            raise CheckpointError(f"{path}: truncated or corrupt PyTorch file ({msg.strip()})") from None
+        lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
         raise CheckpointError(
             f"{path}: refused. The file needs arbitrary unpickling (it stores Python objects, "
             f"not just tensors), and this tool loads .pt/.pth files with weights_only=True only, "
             f"so that no code from the file can run. Re-save it as a plain state dict "
-            f"(torch.save(model.state_dict(), ...)) from a trusted environment. Detail: {str(exc).splitlines()[0]}"
+            f"(torch.save(model.state_dict(), ...)) from a trusted environment. Detail: {detail}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: truncated or corrupt PyTorch file ({exc})") from None
+    except Exception as exc:  # truncated/garbage files fail as RuntimeError, EOFError, KeyError, …
+        raise CheckpointError(
+            f"{path}: truncated or corrupt PyTorch file ({type(exc).__name__}: {str(exc).strip()[:300]})"
+        ) from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):
