@@ -110,6 +110,19 @@ def _load_heldout(cfg: TrainConfig):
         raise
 
 
+def step_loss(model, reg, x: torch.Tensor, y: torch.Tensor, generator=None):
+    """One training step's loss: cross-entropy + the regularizer's λ-weighted term.
+
+    Returns (loss, ce, reg_output, logits); the caller back-propagates ``loss``.
+    """
+    if reg.needs_input_grad:
+        x = x.detach().requires_grad_(True)
+    logits = model(x)
+    ce = F.cross_entropy(logits, y)
+    r = reg(model, x, y, logits, generator=generator)
+    return ce + r.loss, ce, r, logits
+
+
 def total_steps(cfg: TrainConfig, n_train: int) -> int:
     if cfg.steps is not None:
         return int(cfg.steps)
@@ -237,12 +250,7 @@ def train(
                 x, y = x_all[idx], y_all[idx]
                 if n_adv > 0:
                     x = torch.cat([fgsm_perturb(model, x[:n_adv], y[:n_adv], cfg.adv_eps_max, adv_gen), x[n_adv:]])
-                if reg.needs_input_grad:
-                    x = x.detach().requires_grad_(True)
-                logits = model(x)
-                ce = F.cross_entropy(logits, y)
-                r = reg(model, x, y, logits, generator=reg_gen)
-                loss = ce + r.loss
+                loss, ce, r, logits = step_loss(model, reg, x, y, reg_gen)
                 if not torch.isfinite(loss):
                     raise diverged(step, f"the loss became {loss.item()}")
                 opt.zero_grad(set_to_none=True)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install robustbench-jr with its test extras into it.
+# Torch comes first, pinned to the release this project is tested with; override with
+# JR_TORCH_SPEC (e.g. JR_TORCH_SPEC="torch torchvision" for the newest, or a CPU build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${JR_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+fi
+if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m pip install --quiet ${JR_TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
+fi
+"$VENV/bin/python" -m pip install --quiet -e ".[test]"
