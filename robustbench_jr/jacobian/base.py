@@ -13,12 +13,13 @@ A regularizer is built by name with λ and its own options::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 import torch
 
-from ..errors import ConfigError, unknown_name
+from ..errors import ConfigError, InputError, unknown_name
 
 
 @dataclass
@@ -46,8 +47,12 @@ class Regularizer:
     needs_input_grad: ClassVar[bool] = True
 
     def __init__(self, lam: float = 0.0, **opts):
-        if lam is None or not (float(lam) >= 0.0):
-            raise ConfigError(f"regularizer {self.name!r}: λ must be ≥ 0, got {lam}")
+        try:
+            ok = lam is not None and not isinstance(lam, bool) and math.isfinite(float(lam)) and float(lam) >= 0.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"regularizer {self.name!r}: λ must be a finite number ≥ 0, got {lam!r}")
         self.lam = float(lam)
         unknown = set(opts) - set(self.options)
         if unknown:
@@ -62,15 +67,41 @@ class Regularizer:
         space = self.opts.get("space")
         if space is not None and space not in ("pixel", "normalized"):
             raise ConfigError(f"regularizer {self.name!r}: space must be 'pixel' or 'normalized', got {space!r}")
+        if "n_proj" in self.options:
+            n = self.opts["n_proj"]
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ConfigError(f"regularizer {self.name!r}: n_proj must be an integer ≥ 1, got {n!r}")
+        if "method" in self.options:
+            from .core import JACOBIAN_METHODS
+
+            if self.opts["method"] not in JACOBIAN_METHODS:
+                raise ConfigError(f"regularizer {self.name!r}: method must be one of "
+                                  f"{', '.join(JACOBIAN_METHODS)}, got {self.opts['method']!r}")
 
     def input_scale(self, model) -> Optional[torch.Tensor]:
-        """The factor turning pixel-space input gradients into the configured space."""
-        if self.opts.get("space", "pixel") == "normalized":
-            return getattr(model, "input_scale", None)
-        return None
+        """The factor turning pixel-space input gradients into the configured space.
 
-    def compute(self, model, x, y, logits, generator) -> torch.Tensor:  # pragma: no cover
+        ``space='normalized'`` needs a model with ``input_scale`` (a PixelSpaceModel,
+        possibly wrapped in DDP); anything else is an error rather than a silent
+        pixel-space number.
+        """
+        if self.opts.get("space", "pixel") != "normalized":
+            return None
+        for m in (model, getattr(model, "module", None)):
+            scale = getattr(m, "input_scale", None) if m is not None else None
+            if scale is not None:
+                return scale
+        raise ConfigError(
+            f"regularizer {self.name!r}: space='normalized' needs a model with an input_scale "
+            f"(wrap the network in robustbench_jr.models.PixelSpaceModel), or use space='pixel'")
+
+    def per_sample(self, model, x, y, logits, generator) -> torch.Tensor:  # pragma: no cover
+        """The unweighted per-sample quantity, a [B] tensor (with graph)."""
         raise NotImplementedError
+
+    def compute(self, model, x, y, logits, generator) -> torch.Tensor:
+        """The unweighted batch quantity (default: the mean of :meth:`per_sample`)."""
+        return self.per_sample(model, x, y, logits, generator).mean()
 
     def weight(self, value: torch.Tensor) -> torch.Tensor:
         """λ times the value (subclasses may use λ/2, as Hoffman et al. do)."""
@@ -78,6 +109,13 @@ class Regularizer:
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
                  generator: Optional[torch.Generator] = None) -> RegOutput:
+        if self.needs_input_grad:
+            if not x.requires_grad:
+                raise InputError(f"regularizer {self.name!r} needs the logits of an input with requires_grad: "
+                                 f"call x.requires_grad_(True) before logits = model(x)")
+            if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+                raise InputError(f"regularizer {self.name!r}: logits must have shape [B, C] with B = x.shape[0] "
+                                 f"= {x.shape[0]}, got {tuple(logits.shape)}")
         value = self.compute(model, x, y, logits, generator)
         return RegOutput(loss=self.weight(value), value=value.detach())
 

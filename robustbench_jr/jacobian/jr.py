@@ -6,7 +6,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import Regularizer, register
-from .core import jacobian_sq_norms, jr_projection_estimate
+from .core import jacobian_sq_norms, jr_projection_per_sample
 
 
 @register
@@ -15,43 +15,42 @@ class NoRegularizer(Regularizer):
     description = "no input-gradient regularization"
     needs_input_grad = False
 
+    def per_sample(self, model, x, y, logits, generator):
+        return logits.new_zeros(logits.shape[0])
+
     def compute(self, model, x, y, logits, generator):
         return logits.new_zeros(())
 
 
 @register
 class JacobianRandomProjection(Regularizer):
-    """Hoffman et al. Algorithm 1: penalty λ/2 · (C/(n_proj|B|)) Σ ‖v̂ᵀJ‖², an unbiased
-    estimate of λ/2 · mean ‖J‖²_F."""
+    """Hoffman et al. §2.3, Algorithm 1: penalty λ/2 · (C/(n_proj|B|)) Σ_α Σ_μ ‖v̂_μαᵀ J(x_α)‖²,
+    v̂ uniform on S^{C−1} per sample and projection — an unbiased estimate of
+    λ/2 · mean_α ‖J(x_α)‖²_F (eqs. 5, 7, 8)."""
 
     name = "jr"
     description = "Jacobian regularization by random projection (Hoffman et al. Alg. 1)"
     options = {"n_proj": 1, "space": "pixel"}
 
-    def validate(self):
-        super().validate()
-        n = self.opts["n_proj"]
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ConfigError(f"regularizer 'jr': n_proj must be an integer ≥ 1, got {n!r}")
-
     def weight(self, value):
         return 0.5 * self.lam * value
 
-    def compute(self, model, x, y, logits, generator):
-        return jr_projection_estimate(x, logits, self.opts["n_proj"], generator, self.input_scale(model))
+    def per_sample(self, model, x, y, logits, generator):
+        return jr_projection_per_sample(x, logits, self.opts["n_proj"], generator, self.input_scale(model))
 
 
 @register
 class JacobianExact(Regularizer):
-    """Exact Frobenius norm of the logit Jacobian (C backward passes).
+    """Exact Frobenius norm of the logit Jacobian (C backward passes, or one batched pass).
 
-    ``form='hoffman'``: λ/2 · mean_α ‖J(x_α)‖²_F (the quantity Algorithm 1 estimates).
+    ``form='hoffman'``: λ/2 · mean_α ‖J(x_α)‖²_F (Hoffman eq. 5, the quantity Algorithm 1 estimates).
     ``form='jg'``: Jakubovitz–Giryes eq. (4), λ · sqrt(Σ_α ‖J(x_α)‖²_F) over the batch.
+    ``method``: 'auto' | 'batched' | 'loop' (see :mod:`robustbench_jr.jacobian.core`).
     """
 
     name = "jr-exact"
     description = "exact Jacobian regularization (C backward passes)"
-    options = {"space": "pixel", "form": "hoffman"}
+    options = {"space": "pixel", "form": "hoffman", "method": "auto"}
 
     def validate(self):
         super().validate()
@@ -61,8 +60,11 @@ class JacobianExact(Regularizer):
     def weight(self, value):
         return (0.5 if self.opts["form"] == "hoffman" else 1.0) * self.lam * value
 
+    def per_sample(self, model, x, y, logits, generator):
+        return jacobian_sq_norms(x, logits, self.input_scale(model), create_graph=True, method=self.opts["method"])
+
     def compute(self, model, x, y, logits, generator):
-        sq = jacobian_sq_norms(x, logits, self.input_scale(model), create_graph=True)
+        sq = self.per_sample(model, x, y, logits, generator)
         if self.opts["form"] == "hoffman":
             return sq.mean()
         return sq.sum().clamp_min(1e-30).sqrt()
