@@ -56,7 +56,7 @@ def test_linear_model_exact_penalty_is_frobenius_norm_of_W(W, device):
         assert float(out.value) == pytest.approx(w2, rel=1e-12)
         assert float(out.loss.detach()) == pytest.approx(0.5 * 0.3 * w2, rel=1e-12)  # λ/2 (Hoffman eq. 5)
     jg = build_regularizer("jr-exact", lam=0.3, form="jg")(model, x, None, model(x))
-    assert float(jg.value) == pytest.approx(math.sqrt(7 * w2), rel=1e-12)
+    assert float(jg.value) == pytest.approx(math.sqrt(w2), rel=1e-12)  # RMS over the batch
     rows = jacobian_rows(x, model(x))
     assert torch.allclose(rows.flatten(2), W.to(device).expand(7, C, 20), rtol=0, atol=1e-13)
 

@@ -44,7 +44,11 @@ class JacobianExact(Regularizer):
     """Exact Frobenius norm of the logit Jacobian (C backward passes, or one batched pass).
 
     ``form='hoffman'``: λ/2 · mean_α ‖J(x_α)‖²_F (Hoffman eq. 5, the quantity Algorithm 1 estimates).
-    ``form='jg'``: Jakubovitz–Giryes eq. (4), λ · sqrt(Σ_α ‖J(x_α)‖²_F) over the batch.
+    ``form='jg'``: Jakubovitz–Giryes, λ · sqrt(mean_α ‖J(x_α)‖²_F), added to the batch-mean
+    cross-entropy. Their eq. (4) adds λ·sqrt(Σ_α‖J‖²) to the *summed* cross-entropy, i.e.
+    λ/√B on this quantity per sample; their released code, which produced their numbers,
+    adds λ·‖J(x)‖_F of one sample to the *mean* cross-entropy — this RMS form is that scale
+    without depending on which sample comes first, so λ = 0.1 (MNIST) means what it did there.
     ``method``: 'auto' | 'batched' | 'loop' (see :mod:`robustbench_jr.jacobian.core`).
     """
 
@@ -67,4 +71,4 @@ class JacobianExact(Regularizer):
         sq = self.per_sample(model, x, y, logits, generator)
         if self.opts["form"] == "hoffman":
             return sq.mean()
-        return sq.sum().clamp_min(1e-30).sqrt()
+        return sq.mean().clamp_min(1e-30).sqrt()
