@@ -1,0 +1,318 @@
+"""Report figures (matplotlib, Agg canvas, no pyplot global state).
+
+* test error vs L2 distance: one figure per search with a curve per checkpoint
+  (Hoffman et al. Fig. 3b–c) and one per checkpoint with a curve per search (Fig. S5);
+* accuracy vs σ of white noise (Fig. 3a);
+* accuracy vs ε for FGSM (L∞) and JSMA (fraction of input components changed),
+  Jakubovitz–Giryes Figs. 1–2;
+* ρ̂_adv per search and checkpoint as grouped bars.
+
+Every checkpoint keeps one colour in every figure; every search keeps one colour.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import JRError
+from . import curves
+from .runs import SEARCH_COLORS, ModelData, RunData, all_models, order_searches, search_kind, search_label
+
+#: colour-blind-safe palette (Okabe–Ito), one colour per checkpoint in report order
+CHECKPOINT_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+_EXTRA_SEARCH_COLORS = ["#6c757d", "#b5651d", "#17becf", "#bcbd22"]
+
+L2_LABEL = "L2 distance in [0,1] pixel space"
+STYLE = {
+    "font.size": 10.5, "axes.titlesize": 12, "axes.titleweight": "bold", "axes.labelsize": 10.5,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.color": "#e3e6ea",
+    "grid.linewidth": 0.8, "axes.edgecolor": "#9aa0a6", "axes.axisbelow": True, "legend.frameon": False,
+    "legend.fontsize": 9.5, "xtick.color": "#444", "ytick.color": "#444", "axes.labelcolor": "#222",
+    "figure.facecolor": "white", "savefig.facecolor": "white", "svg.fonttype": "path", "lines.linewidth": 2.0,
+}
+
+
+def _mpl():
+    try:
+        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # pragma: no cover - matplotlib is part of the report extra
+        raise JRError("reports need matplotlib: pip install matplotlib") from None
+    return matplotlib, Figure, FigureCanvasAgg
+
+
+@contextmanager
+def style():
+    matplotlib, _, _ = _mpl()
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def new_figure(w: float = 7.0, h: float = 4.3, **kw):
+    _, Figure, FigureCanvasAgg = _mpl()
+    fig = Figure(figsize=(w, h), layout="constrained", **kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+@dataclass
+class ReportFigure:
+    name: str  # file stem, unique within a report
+    title: str
+    caption: str
+    fig: object
+    section: str = "curves"
+    wide: bool = False  # spans the whole width of the HTML page
+
+
+def slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-").lower() or "x"
+
+
+def checkpoint_colors(models: list[ModelData]) -> dict[int, str]:
+    return {id(m): CHECKPOINT_COLORS[i % len(CHECKPOINT_COLORS)] for i, m in enumerate(models)}
+
+
+def search_color(name: str, extra: dict) -> str:
+    lab = search_label(name)
+    if lab in SEARCH_COLORS:
+        return SEARCH_COLORS[lab]
+    if lab not in extra:
+        extra[lab] = _EXTRA_SEARCH_COLORS[len(extra) % len(_EXTRA_SEARCH_COLORS)]
+    return extra[lab]
+
+
+def _x_limit(dists: list[np.ndarray]) -> float:
+    """Right edge for distance curves: the largest finite distance unless a few outliers stretch it."""
+    fin = np.concatenate([d[np.isfinite(d) & (d > 0)] for d in dists]) if dists else np.zeros(0)
+    if fin.size == 0:
+        return 1.0
+    hi, p99 = float(fin.max()), float(np.quantile(fin, 0.99))
+    return 1.05 * (hi if hi <= 1.5 * p99 else 1.5 * p99)
+
+
+def _step(ax, dist: np.ndarray, xmax: float, log_x: bool, flip: bool = False, **kw):
+    x, y = curves.error_curve(dist)
+    if flip:
+        y = 1.0 - y
+    x = np.concatenate([x, [max(xmax, x[-1])]])
+    y = np.concatenate([y, [y[-1]]])
+    if log_x:
+        pos = x[x > 0]
+        x = np.where(x > 0, x, (pos.min() if pos.size else 1e-3) / 2)
+    return ax.step(x, y, where="post", **kw)[0]
+
+
+def _finish_distance_axes(ax, xmax, log_x, xlabel, ylabel, min_pos=None):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.02)
+    if log_x:
+        ax.set_xscale("log")
+        ax.set_xlim(left=(min_pos or 1e-3) / 2, right=xmax)
+    else:
+        ax.set_xlim(0, xmax)
+    ax.yaxis.set_major_formatter(_pct_formatter())
+
+
+def _pct_formatter():
+    from matplotlib.ticker import FuncFormatter
+    return FuncFormatter(lambda v, _: f"{100 * v:.0f}%")
+
+
+def _min_pos(dists):
+    fin = np.concatenate([d[np.isfinite(d) & (d > 0)] for d in dists]) if dists else np.zeros(0)
+    return float(fin.min()) if fin.size else None
+
+
+def _legend(ax, n):
+    ax.legend(loc="lower right" if n <= 6 else "center left", bbox_to_anchor=None if n <= 6 else (1.0, 0.5))
+
+
+def fig_error_by_search(models: list[ModelData], search: str, colors: dict, log_x: bool) -> ReportFigure:
+    have = [m for m in models if search in m.results]
+    dists = [m.results[search]["l2"] for m in have]
+    xmax, mp = _x_limit(dists), _min_pos(dists)
+    fig = new_figure()
+    ax = fig.add_subplot()
+    for m in have:
+        r = m.results[search]
+        rho = curves.rho_adv(r["l2"], r["x_norm"], r["fooled"])
+        _step(ax, r["l2"], xmax, log_x, color=colors[id(m)], label=f"{m.label}  (ρ̂_adv {float(rho):.3f}, N={len(r['l2'])})")
+    _finish_distance_axes(ax, xmax, log_x, L2_LABEL + (" (log scale)" if log_x else ""),
+                          "test error (fraction of N samples)", mp)
+    ax.set_title(f"Test error vs L2 fooling distance — {search_label(search)}")
+    _legend(ax, len(have))
+    cap = (f"{search_label(search)}: fraction of the evaluated samples whose fooling distance is ≤ d, one curve per "
+           f"checkpoint. The value at d = 0 is the clean test error; a curve that stays below 100% has samples the "
+           f"search did not fool within its budget.")
+    return ReportFigure(f"error_vs_l2_{slug(search)}", f"Test error vs L2 distance: {search_label(search)}", cap, fig)
+
+
+def fig_error_by_model(m: ModelData, color_of_search, log_x: bool, xlim: Optional[tuple] = None) -> ReportFigure:
+    """``xlim = (min positive distance, right edge)`` shared by all checkpoints keeps their figures comparable."""
+    dists = [r["l2"] for r in m.results.values()]
+    xmax, mp = xlim if xlim else (_x_limit(dists), _min_pos(dists))
+    fig = new_figure()
+    ax = fig.add_subplot()
+    for s, r in m.results.items():
+        _step(ax, r["l2"], xmax, log_x, color=color_of_search(s), label=search_label(s))
+    _finish_distance_axes(ax, xmax, log_x, L2_LABEL + (" (log scale)" if log_x else ""),
+                          "test error (fraction of N samples)", mp)
+    ax.set_title(f"Test error vs L2 fooling distance — {m.label}")
+    _legend(ax, len(m.results))
+    cap = (f"Checkpoint {m.label}: the same samples under every search (Hoffman et al. Fig. S5). The stronger a "
+           f"search, the further left its curve.")
+    return ReportFigure(f"error_vs_l2_model_{slug(m.label)}", f"All searches on {m.label}", cap, fig, "checkpoints")
+
+
+def fig_noise(models: list[ModelData], colors: dict) -> Optional[ReportFigure]:
+    have = [m for m in models if m.noise]
+    if not have:
+        return None
+    fig = new_figure()
+    ax = fig.add_subplot()
+    for m in have:
+        s, a, _ = zip(*m.noise)
+        ax.plot(s, a, marker="o", ms=4, color=colors[id(m)], label=m.label)
+    ax.set_xlabel("white-noise σ (per pixel, [0,1] pixel space, clipped)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.yaxis.set_major_formatter(_pct_formatter())
+    ax.set_title("Accuracy under white noise")
+    ax.legend(loc="lower left")
+    cap = ("Test accuracy when every pixel gets independent N(0, σ²) noise and the image is clipped to [0, 1] "
+           "(Hoffman et al. Fig. 3a), as stored by the audit.")
+    return ReportFigure("noise_accuracy_vs_sigma", "Accuracy vs white-noise σ", cap, fig, "accuracy")
+
+
+def fig_eps(models: list[ModelData], kind: str, colors: dict) -> Optional[ReportFigure]:
+    pairs = [(m, s) for m in models for s in m.results if search_kind(s) == kind]
+    if not pairs:
+        return None
+    fig = new_figure()
+    ax = fig.add_subplot()
+    xs = []
+    for m, s in pairs:
+        r = m.results[s]
+        if kind == "fgsm":
+            e = r["linf"]
+        else:
+            e = r["l0"] / m.n_inputs if m.n_inputs else r["l0"]
+        xs.append(e)
+    xmax = _x_limit(xs)
+    multi = len({s for _, s in pairs}) > 1
+    for (m, s), e in zip(pairs, xs):
+        _step(ax, e, xmax, False, flip=True, color=colors[id(m)],
+              label=m.label + (f" ({search_label(s)})" if multi else ""))
+    if kind == "fgsm":
+        ax.set_xlabel("ε = L∞ size of the FGSM step ([0,1] pixel space)")
+        title, name = "Accuracy vs ε — FGSM", "fgsm_accuracy_vs_eps"
+        cap = ("FGSM: accuracy at ε = fraction of samples whose smallest fooling ε (L∞, after clipping) is larger "
+               "than ε; clean errors count as wrong at every ε (Jakubovitz–Giryes Fig. 1).")
+    else:
+        unit = "fraction of input components changed" if all(m.n_inputs for m, _ in pairs) else "input components changed"
+        ax.set_xlabel(f"ε = {unit} (L0)")
+        if all(m.n_inputs for m, _ in pairs):
+            ax.xaxis.set_major_formatter(_pct_formatter())
+        title, name = "Accuracy vs ε — JSMA", "jsma_accuracy_vs_eps"
+        cap = ("JSMA: accuracy at ε = fraction of samples that need more than a fraction ε of the input components "
+               "changed to be fooled (L0 / number of components from the checkpoint card; Jakubovitz–Giryes Fig. 2).")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(0, xmax)
+    ax.yaxis.set_major_formatter(_pct_formatter())
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    return ReportFigure(name, title, cap, fig, "accuracy")
+
+
+def fig_rho_bars(models: list[ModelData], colors: dict) -> Optional[ReportFigure]:
+    searches = order_searches(s for m in models for s in m.results)
+    if not searches:
+        return None
+    fig = new_figure(11.5, 3.9)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(models))
+    for i, m in enumerate(models):
+        vals = []
+        for s in searches:
+            r = m.results.get(s)
+            vals.append(float(curves.rho_adv(r["l2"], r["x_norm"], r["fooled"])) if r is not None else np.nan)
+        pos = np.arange(len(searches)) + (i - (len(models) - 1) / 2) * width
+        bars = ax.bar(pos, np.nan_to_num(vals), width * 0.92, color=colors[id(m)], label=m.label)
+        for b, v in zip(bars, vals):
+            if not np.isnan(v):
+                ax.annotate(f"{v:.3f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
+                            fontsize=7.5, xytext=(0, 2), textcoords="offset points", color="#333")
+    ax.set_xticks(np.arange(len(searches)), [search_label(s) for s in searches])
+    ax.set_ylabel("ρ̂_adv  (mean ‖δ‖₂ / ‖x‖₂)")
+    ax.grid(axis="x", visible=False)
+    ax.set_title("ρ̂_adv by search")
+    top = np.nanmax([p.get_height() for p in ax.patches]) if ax.patches else 1.0
+    ax.set_ylim(0, 1.18 * top)
+    ax.legend(loc="upper right", ncols=min(4, len(models)))
+    cap = ("ρ̂_adv per search and checkpoint: mean of ‖δ_i‖₂/‖x_i‖₂ over the samples each search fooled "
+           "(larger is more robust; see the table for how many samples each bar averages).")
+    return ReportFigure("rho_adv_by_search", "ρ̂_adv by search", cap, fig, "overview", wide=True)
+
+
+def make_figures(runs: list[RunData], log_x: bool = False) -> list[ReportFigure]:
+    models = all_models(runs)
+    colors = checkpoint_colors(models)
+    extra: dict = {}
+    figs: list[ReportFigure] = []
+    with style():
+        f = fig_rho_bars(models, colors)
+        if f:
+            figs.append(f)
+        for s in order_searches(s for m in models for s in m.results):
+            figs.append(fig_error_by_search(models, s, colors, log_x))
+        for f in (fig_noise(models, colors), fig_eps(models, "fgsm", colors), fig_eps(models, "jsma", colors)):
+            if f:
+                figs.append(f)
+        all_d = [r["l2"] for m in models for r in m.results.values()]
+        xlim = (_x_limit(all_d), _min_pos(all_d))
+        for m in models:
+            if m.results:
+                figs.append(fig_error_by_model(m, lambda s: search_color(s, extra), log_x, xlim))
+    seen: dict[str, int] = {}
+    for f in figs:  # unique file names
+        if f.name in seen:
+            seen[f.name] += 1
+            f.name = f"{f.name}-{seen[f.name]}"
+        else:
+            seen[f.name] = 0
+    return figs
+
+
+def save_figure(f: ReportFigure, out_dir: Path, dpi: int = 150) -> dict[str, Path]:
+    """Write ``NAME.png`` and ``NAME.svg``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for ext in ("png", "svg"):
+        p = out_dir / f"{f.name}.{ext}"
+        p.write_bytes(figure_bytes(f, ext, dpi))
+        paths[ext] = p
+    return paths
+
+
+def _metadata(ext):
+    # reproducible files: no creation dates
+    return {"Date": None} if ext == "svg" else {"Software": "robustbench-jr"}
+
+
+def figure_bytes(f: ReportFigure, ext: str = "svg", dpi: int = 150) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    with style():
+        f.fig.savefig(buf, format=ext, dpi=dpi if ext == "png" else None, metadata=_metadata(ext))
+    return buf.getvalue()

@@ -1,0 +1,62 @@
+"""``write_report``: tables, figures and the HTML page for one or more stored runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from . import tables
+from .html import render_html
+from .plots import checkpoint_colors, make_figures, save_figure
+from .runs import RunData, all_models, load_runs
+
+
+@dataclass
+class Report:
+    out_dir: Path
+    summary: dict
+    runs: list[RunData]
+    files: dict[str, Path] = field(default_factory=dict)  # name -> path
+
+    @property
+    def html(self) -> Path:
+        return self.files["report.html"]
+
+
+def write_report(run_dirs, out_dir: str | Path, log_x: bool = False, title: Optional[str] = None) -> Report:
+    """Read the stored results of ``run_dirs`` and write into ``out_dir``:
+
+    ``report.html`` (self-contained), ``summary.json``/``.csv``/``.md`` and every
+    figure as ``.png`` and ``.svg``. Nothing is re-attacked.
+    """
+    runs = load_runs(run_dirs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = tables.build_summary(runs)
+    figures = make_figures(runs, log_x=log_x)
+    title = title or ("Robustness report — " + ", ".join(r.name for r in runs))
+    rep = Report(out, summary, runs)
+    svgs = {}
+    for f in figures:
+        for ext, p in save_figure(f, out).items():
+            rep.files[p.name] = p
+        svgs[f.name] = (out / f"{f.name}.svg").read_bytes()
+    summary["figures"] = [{"name": f.name, "title": f.title, "caption": f.caption,
+                           "png": f"{f.name}.png", "svg": f"{f.name}.svg"} for f in figures]
+    files = {
+        "summary.json": tables.to_json(summary),
+        "summary.csv": tables.to_csv(summary),
+        "summary.md": tables.markdown(summary, title),
+    }
+    models = all_models(runs)
+    cols = checkpoint_colors(models)
+    color_of = {m.label: cols[id(m)] for m in models}
+    files["report.html"] = render_html(summary, figures, svgs, color_of, title)
+    for name, text in files.items():
+        p = out / name
+        p.write_text(text, encoding="utf-8")
+        rep.files[name] = p
+    for f in figures:  # free figure memory
+        f.fig.clear()
+    return rep

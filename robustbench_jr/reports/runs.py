@@ -1,0 +1,152 @@
+"""Read stored audit runs for reports and the gate (never re-runs a search)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import InputError
+from ..evaluation.store import ResultStore
+
+#: display names of the searches of DESIGN.md (unknown names are shown as stored)
+SEARCH_LABELS = {
+    "noise": "white noise", "white_noise": "white noise", "whitenoise": "white noise",
+    "fgsm": "FGSM", "pgd": "PGD", "cw": "CW L2", "cw_l2": "CW L2", "deepfool": "DeepFool", "jsma": "JSMA",
+}
+#: fixed colour per search so that every per-checkpoint figure reads the same way
+SEARCH_COLORS = {
+    "white noise": "#8c8c8c", "FGSM": "#e6a000", "PGD": "#d1495b", "CW L2": "#3b4cc0",
+    "DeepFool": "#2a9d8f", "JSMA": "#8e44ad",
+}
+#: searches listed in this order (weakest → strongest), others after them
+SEARCH_ORDER = ["noise", "white_noise", "whitenoise", "fgsm", "pgd", "cw", "cw_l2", "deepfool", "jsma"]
+
+
+def search_label(name: str) -> str:
+    return SEARCH_LABELS.get(name.lower(), name)
+
+
+def search_kind(name: str) -> str:
+    """``fgsm``, ``jsma`` or ``other``: which extra accuracy-vs-ε curve a search has."""
+    low = name.lower()
+    if low.startswith("fgsm"):
+        return "fgsm"
+    if low.startswith("jsma"):
+        return "jsma"
+    return "other"
+
+
+def order_searches(names) -> list[str]:
+    def key(s):
+        low = s.lower()
+        return (SEARCH_ORDER.index(low) if low in SEARCH_ORDER else len(SEARCH_ORDER), s)
+    return sorted(set(names), key=key)
+
+
+@dataclass
+class ModelData:
+    """One checkpoint of one run: its card row, per-search arrays and noise accuracy."""
+
+    run: "RunData"
+    name: str
+    checkpoint: str
+    card: dict
+    clean_accuracy: Optional[float]
+    jacobian_norm: Optional[float]
+    n: Optional[int]
+    results: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    noise: list[tuple[float, float, int]] = field(default_factory=list)
+    label: str = ""
+
+    @property
+    def searches(self) -> list[str]:
+        return list(self.results)
+
+    @property
+    def n_inputs(self) -> Optional[int]:
+        """Number of input components (C·H·W) from the card, for JSMA's pixel fraction."""
+        shape = self.card.get("input_shape") if isinstance(self.card, dict) else None
+        if not shape:
+            return None
+        try:
+            return int(np.prod([int(s) for s in shape]))
+        except (TypeError, ValueError):
+            return None
+
+    def clean_correct(self) -> Optional[np.ndarray]:
+        """Per-sample clean correctness from any stored search (they share the clean pass)."""
+        for r in self.results.values():
+            if len(r["label"]):
+                return r["clean_pred"] == r["label"]
+        return None
+
+    def clean_acc(self) -> Optional[float]:
+        """Stored clean accuracy, else the one implied by the per-sample rows."""
+        if self.clean_accuracy is not None:
+            return float(self.clean_accuracy)
+        cc = self.clean_correct()
+        return float(np.mean(cc)) if cc is not None and len(cc) else None
+
+    def clean_n(self) -> Optional[int]:
+        if self.n:
+            return int(self.n)
+        cc = self.clean_correct()
+        return int(len(cc)) if cc is not None else None
+
+
+@dataclass
+class RunData:
+    run_dir: Path
+    name: str
+    meta: dict
+    models: list[ModelData]
+
+
+def load_run(run_dir: str | Path, name: Optional[str] = None) -> RunData:
+    """Everything a report needs from ``RUN_DIR/results.sqlite``, read-only."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise InputError(f"{run_dir}: run directory does not exist; pass the --out DIR of a `jr-eval run`")
+    with ResultStore(run_dir, readonly=True) as store:
+        meta = store.meta()
+        run = RunData(run_dir=run_dir, name=name or run_dir.resolve().name, meta=meta, models=[])
+        for row in store.models():
+            md = ModelData(run=run, name=row["model"], checkpoint=row["checkpoint"], card=row["card"] or {},
+                           clean_accuracy=row["clean_accuracy"], jacobian_norm=row["jacobian_norm"], n=row["n"])
+            for s in order_searches(store.searches(row["model"])):
+                md.results[s] = store.results(row["model"], s)
+            md.noise = [(float(s), float(a), int(k)) for s, a, k in store.noise_accuracy(row["model"])]
+            run.models.append(md)
+    if not run.models:
+        raise InputError(f"{run_dir}: the run has no models stored yet; has `jr-eval run` finished a batch?")
+    return run
+
+
+def load_runs(run_dirs) -> list[RunData]:
+    """Load several runs and give every checkpoint a unique display label.
+
+    A checkpoint keeps its model name when that is unique across the runs,
+    otherwise it is shown as ``RUN/MODEL``. Run names are the directory names,
+    made unique with their parents when two are equal.
+    """
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise InputError("no RUN_DIR given; pass one or more run directories written by `jr-eval run --out DIR`")
+    base = [d.resolve().name for d in dirs]
+    names = ["/".join(d.resolve().parts[-2:]) if base.count(b) > 1 else b for d, b in zip(dirs, base)]
+    for i in range(len(names)):
+        if names.count(names[i]) > 1:
+            names[i] = f"{names[i]}#{i + 1}"
+    runs = [load_run(d, n) for d, n in zip(dirs, names)]
+    all_names = [m.name for r in runs for m in r.models]
+    for r in runs:
+        for m in r.models:
+            m.label = m.name if all_names.count(m.name) == 1 else f"{r.name}/{m.name}"
+    return runs
+
+
+def all_models(runs: list[RunData]) -> list[ModelData]:
+    return [m for r in runs for m in r.models]

@@ -1,0 +1,238 @@
+"""Summary tables (Hoffman Table 1 / Jakubovitz–Giryes Table 3 style): rich, Markdown, CSV, JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any, Optional
+
+from . import curves
+from .runs import RunData, all_models, search_kind, search_label
+
+CHECKPOINT_CAPTION = (
+    "Clean test accuracy and mean Frobenius norm of the input–output Jacobian ‖J‖_F "
+    "(pixel space) per checkpoint, as stored by the audit; N = samples evaluated."
+)
+SEARCH_CAPTION = (
+    "Per checkpoint × search. ρ̂_adv = mean of ‖δ_i‖₂ / ‖x_i‖₂ over the samples the search fooled, "
+    "already-misclassified samples included with δ = 0 (n_ρ says how many it averages; samples not fooled "
+    "within the budget are excluded and counted under Not fooled). ρ̂_adv (attacked) leaves the clean "
+    "errors out. Success rate = fooled / N. Median/mean L2 (and L0 for JSMA) are over the same fooled samples."
+)
+
+SEARCH_FIELDS = ["checkpoint", "run", "model", "search", "n", "n_fooled", "already_misclassified", "not_fooled",
+                 "success_rate", "rho_adv", "rho_adv_attacked", "n_rho", "median_l2", "mean_l2", "median_l0",
+                 "mean_l0", "median_l0_frac", "clean_accuracy", "jacobian_norm"]
+
+
+def _meta_summary(meta: dict) -> dict:
+    keep = {}
+    for k in ("seed", "dataset", "device", "split", "n", "versions", "created", "started", "finished", "command"):
+        if k in meta:
+            keep[k] = meta[k]
+    return keep
+
+
+def build_summary(runs: list[RunData]) -> dict:
+    """Everything the tables show, as plain data (also the content of ``summary.json``)."""
+    checkpoints, rows = [], []
+    for m in all_models(runs):
+        checkpoints.append({
+            "checkpoint": m.label, "run": m.run.name, "model": m.name, "source": m.checkpoint,
+            "architecture": m.card.get("architecture"), "dataset": m.card.get("dataset"),
+            "clean_accuracy": m.clean_acc(), "jacobian_norm": m.jacobian_norm, "n": m.clean_n(),
+            "searches": m.searches,
+            "noise_accuracy": [{"sigma": s, "accuracy": a, "n": k} for s, a, k in m.noise],
+        })
+        for s, r in m.results.items():
+            is_jsma = search_kind(s) == "jsma"
+            summ = curves.summarize(r["l2"], r["x_norm"], r["fooled"], l0=r["l0"] if is_jsma else None,
+                                    n_inputs=m.n_inputs if is_jsma else None)
+            rows.append({"checkpoint": m.label, "run": m.run.name, "model": m.name, "search": s,
+                         "search_label": search_label(s), **summ,
+                         "clean_accuracy": m.clean_acc(), "jacobian_norm": m.jacobian_norm})
+    return {
+        "definitions": curves.definitions(),
+        "captions": {"checkpoints": CHECKPOINT_CAPTION, "searches": SEARCH_CAPTION},
+        "runs": [{"name": r.name, "run_dir": str(r.run_dir), "meta": _meta_summary(r.meta),
+                  "models": [m.name for m in r.models]} for r in runs],
+        "checkpoints": checkpoints,
+        "searches": rows,
+    }
+
+
+# ------------------------------------------------------------- formatting ----
+def fmt(v: Any, kind: str = "num") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞"
+    if kind == "pct":
+        return f"{100 * v:.1f}%"
+    if kind == "int":
+        return str(int(v))
+    if kind == "rho":
+        return f"{v:.4f}"
+    if isinstance(v, int) or float(v).is_integer() and abs(v) >= 100:
+        return str(int(v))
+    return f"{v:#.3g}" if 1e-3 <= abs(v) < 1e4 else f"{v:.3g}"
+
+
+def _l0_cell(row: dict) -> str:
+    if row.get("median_l0") is None:
+        return "–"
+    s = f"{row['median_l0']:g}"
+    if row.get("median_l0_frac") is not None:
+        s += f" ({100 * row['median_l0_frac']:.1f}% px)"
+    return s
+
+
+def checkpoint_table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["Checkpoint", "Run", "Clean accuracy", "mean ‖J‖_F", "N", "Source"]
+    body = [[c["checkpoint"], c["run"], fmt(c["clean_accuracy"], "pct"), fmt(c["jacobian_norm"]),
+             fmt(c["n"], "int"), str(c["source"])] for c in summary["checkpoints"]]
+    return head, body
+
+
+def search_table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    has_l0 = any(r.get("median_l0") is not None for r in summary["searches"])
+    head = ["Checkpoint", "Search", "ρ̂_adv", "n_ρ", "ρ̂_adv (attacked)", "Success rate", "Not fooled", "N",
+            "Median L2", "Mean L2"]
+    if has_l0:
+        head.append("Median L0 (JSMA)")
+    body = []
+    for r in summary["searches"]:
+        line = [r["checkpoint"], r["search_label"], fmt(r["rho_adv"], "rho"), fmt(r["n_rho"], "int"),
+                fmt(r.get("rho_adv_attacked"), "rho"),
+                fmt(r["success_rate"], "pct"), fmt(r["not_fooled"], "int"), fmt(r["n"], "int"),
+                fmt(r["median_l2"]), fmt(r["mean_l2"])]
+        if has_l0:
+            line.append(_l0_cell(r))
+        body.append(line)
+    return head, body
+
+
+def pivot_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """ρ̂_adv at a glance: one row per search, one column per checkpoint (side by side across runs)."""
+    cks = [c["checkpoint"] for c in summary["checkpoints"]]
+    searches: list[str] = []
+    for r in summary["searches"]:
+        if r["search_label"] not in searches:
+            searches.append(r["search_label"])
+    cell = {(r["search_label"], r["checkpoint"]): r for r in summary["searches"]}
+    body = []
+    for s in searches:
+        line = [s]
+        for c in cks:
+            r = cell.get((s, c))
+            line.append("–" if r is None else f"{fmt(r['rho_adv'], 'rho')} ({fmt(r['success_rate'], 'pct')})")
+        body.append(line)
+    return ["Search"] + cks, body
+
+
+PIVOT_CAPTION = "ρ̂_adv per search (rows) and checkpoint (columns), with the success rate in brackets; larger ρ̂_adv is more robust."
+
+
+#: columns of the fooling-distance table shown on the terminal (the files have all of them)
+TERMINAL_COLUMNS = ("Checkpoint", "Search", "ρ̂_adv", "Success rate", "Not fooled", "Median L2")
+
+
+def rich_tables(summary: dict):
+    """``rich.table.Table`` objects for the terminal: checkpoints, a compact fooling-distance
+    table, and ρ̂_adv side by side (every column is in summary.md/.csv/.json)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    head, body = search_table_rows(summary)
+    keep = [head.index(c) for c in TERMINAL_COLUMNS]
+    short = {"Success rate": "Success", "Not fooled": "Not fooled", "Median L2": "Med. L2"}
+    compact = ([short.get(head[i], head[i]) for i in keep], [[line[i] for i in keep] for line in body])
+    out = []
+    for title, caption, (head, body) in (
+        ("Checkpoints", CHECKPOINT_CAPTION, checkpoint_table_rows(summary)),
+        ("Fooling distances", SEARCH_CAPTION, compact),
+        ("ρ̂_adv side by side", PIVOT_CAPTION, pivot_rows(summary)),
+    ):
+        t = Table(title=title, caption=caption, caption_justify="left", header_style="bold cyan")
+        left = 1 if head[0] == "Search" else 2
+        for i, h in enumerate(head):
+            width = max([len(line[i]) for line in body] or [1])
+            t.add_column(h, justify="left" if i < left or h == "Source" else "right", overflow="fold",
+                         min_width=None if h == "Source" else width)
+        prev = None
+        for line in body:
+            if title == "Fooling distances" and prev is not None and line[0] != prev:
+                t.add_section()
+            prev = line[0]
+            t.add_row(*(escape(c) for c in line))
+        out.append(t)
+    return out
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def markdown(summary: dict, title: str = "Robustness report") -> str:
+    parts = [f"# {title}", ""]
+    for r in summary["runs"]:
+        meta = ", ".join(f"{k}={v}" for k, v in r["meta"].items() if not isinstance(v, (dict, list)))
+        parts.append(f"- run `{r['name']}` ({r['run_dir']}): {', '.join(r['models'])}" + (f" — {meta}" if meta else ""))
+    parts.append("")
+    for title2, caption, (head, body) in (
+        ("Checkpoints", CHECKPOINT_CAPTION, checkpoint_table_rows(summary)),
+        ("ρ̂_adv side by side", PIVOT_CAPTION, pivot_rows(summary)),
+        ("Fooling distances", SEARCH_CAPTION, search_table_rows(summary)),
+    ):
+        left = 1 if head[0] == "Search" else 2
+        parts += [f"## {title2}", "", "| " + " | ".join(head) + " |",
+                  "|" + "|".join("---" if i < left or h == "Source" else "---:" for i, h in enumerate(head)) + "|"]
+        parts += ["| " + " | ".join(_md_escape(c) for c in line) + " |" for line in body]
+        parts += ["", f"*{caption}*", ""]
+    return "\n".join(parts)
+
+
+def _csv_value(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return v
+
+
+def to_csv(summary: dict) -> str:
+    """One row per checkpoint × search with the checkpoint's columns repeated."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SEARCH_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in summary["searches"]:
+        w.writerow({k: _csv_value(r.get(k)) for k in SEARCH_FIELDS})
+    return buf.getvalue()
+
+
+def jsonable(obj: Any) -> Any:
+    """NaN → null, ±inf → "inf"/"-inf" so that the file is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        try:
+            obj = obj.item()
+        except (ValueError, AttributeError):
+            pass
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+    return obj
+
+
+def to_json(summary: dict, extra: Optional[dict] = None) -> str:
+    data = dict(summary)
+    if extra:
+        data.update(extra)
+    return json.dumps(jsonable(data), indent=2, ensure_ascii=False)
