@@ -1,0 +1,168 @@
+"""`jr-eval`: audit checkpoints with the six fooling-distance searches.
+
+`jr-eval` with no arguments audits the bundled checkpoints on the bundled MNIST
+slice; `jr-eval run CHECKPOINT...` audits any checkpoints. Progress, warnings and
+the final table go to stderr; `--json` prints one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Optional
+
+import click
+import torch
+
+from ..config import build_config, read_yaml
+from ..errors import ConfigError
+from ..evaluation.audit import ALL_SEARCHES, AuditConfig, run_audit
+from ..evaluation.metrics import SAMPLES_NOTE
+from . import report_cmds
+from .common import config_option, console, handle_errors
+
+_DEFAULTS = AuditConfig()
+
+MAIN_HELP = f"""Audit classifiers for adversarial robustness (fooling distances, ρ̂_adv, ‖J‖_F).
+
+\b
+With no command, audits the bundled checkpoints (lenet-mnist, lenet-mnist-jr) on the
+bundled MNIST slice with all six searches, N={_DEFAULTS.n} samples and the quick search
+budget (cheaper CW and JSMA; under 3 minutes on 2 CPU cores); same as `jr-eval run`.
+"""
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN and ±inf become null (JSON has neither)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def json_document(summary: dict) -> dict:
+    """The `--json` document: run_dir and per model the summary numbers."""
+    keep = ("n", "success_rate", "not_fooled", "median_l2", "mean_l2", "rho_adv")
+    models = []
+    for m in summary["models"]:
+        models.append({
+            "name": m["name"], "checkpoint": m["checkpoint"], "dataset": m.get("dataset"),
+            "clean_accuracy": m["clean_accuracy"], "jacobian_norm": m["jacobian_norm"],
+            "searches": {s: {k: v[k] for k in keep} for s, v in m["searches"].items()},
+            "noise_accuracy": m.get("noise_accuracy", []),
+        })
+    return _json_safe({"run_dir": summary["run_dir"], "models": models,
+                       "warnings": summary.get("warnings", []), "metrics_note": SAMPLES_NOTE})
+
+
+def _fmt(v: Optional[float], spec: str = ".4f") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return format(v, spec)
+
+
+def render_tables(summary: dict) -> None:
+    from rich.table import Table
+
+    mt = Table(title="models", title_justify="left")
+    for col in ("model", "checkpoint", "clean acc", "mean ‖J‖_F (pixel)"):
+        mt.add_column(col, justify="right" if col not in ("model", "checkpoint") else "left",
+                      no_wrap=col != "checkpoint")
+    for m in summary["models"]:
+        mt.add_row(m["name"], str(m["checkpoint"]), _fmt(m["clean_accuracy"], ".2%"),
+                   _fmt(m["jacobian_norm"], ".3f"))
+    console.print(mt)
+    t = Table(title=f"fooling distances — {summary['run_dir']}", title_justify="left",
+              caption=SAMPLES_NOTE, caption_justify="left")
+    for col in ("model", "search", "n", "success", "median L2", "mean L2", "ρ̂_adv", "not fooled"):
+        t.add_column(col, justify="left" if col in ("model", "search") else "right", no_wrap=col != "not fooled")
+    for m in summary["models"]:
+        for i, (s, r) in enumerate(m["searches"].items()):
+            t.add_row(m["name"] if i == 0 else "", s, str(r["n"]), _fmt(r["success_rate"], ".1%"),
+                      _fmt(r["median_l2"]), _fmt(r["mean_l2"]), _fmt(r["rho_adv"]), str(r["not_fooled"]))
+        t.add_section()
+    console.print(t)
+    if summary.get("warnings"):
+        console.print(f"[yellow]{len(summary['warnings'])} warning(s)[/], stored in the run's meta 'warnings'")
+
+
+@click.group(invoke_without_command=True, help=MAIN_HELP)
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+@main.command(help=f"""Audit CHECKPOINT... (directories, .safetensors/.pt files or bundled names).
+
+\b
+Without CHECKPOINT: the bundled checkpoints on the bundled MNIST slice with
+--budget quick (the demo audit, under 3 minutes on 2 CPU cores).
+For every model × search × sample one row goes to OUT/results.sqlite, committed
+per batch; rerunning the same command on the same OUT resumes, and an OUT that
+holds a run with a different config is refused. Defaults: N={_DEFAULTS.n}, all six
+searches with the paper protocols (--budget paper; per-search overrides in --config under
+`searches:`, e.g. `searches: {{cw: {{max_iterations: 500}}}}`), PGD saturation from the
+dataset (32/255 MNIST-like, 16/255 CIFAR-like), OUT = runs/audit-<config hash>.
+Exit status: 0 when the audit completed, 2 on bad input.""")
+@click.argument("checkpoints", nargs=-1)
+@click.option("--attacks", default=None, metavar="all|LIST",
+              help=f"'all' or a comma-separated list of: {', '.join(ALL_SEARCHES)}.  [default: all]")
+@click.option("--budget", type=click.Choice(["paper", "quick"]), default=None,
+              help="paper: the searches' paper protocols; quick: CW with 5 binary-search steps × 100 "
+                   "iterations (Adam lr 0.02) and JSMA over the 2 most likely targets.  "
+                   "[default: quick without CHECKPOINT, else paper]")
+@click.option("--n", "n", type=int, default=None, help=f"Number of test samples.  [default: {_DEFAULTS.n}]")
+@click.option("--subset", type=click.Choice(["first", "random"]), default=None,
+              help="The first N test samples or N random ones (drawn with --seed).  [default: first]")
+@click.option("--dataset", default=None, help="Dataset to audit on (default: each checkpoint card's).")
+@click.option("--data-root", default=None, type=click.Path(file_okay=False), help="Where to look for the data.")
+@click.option("--source", type=click.Choice(["auto", "bundled", "local"]), default=None,
+              help="auto: local files, or for MNIST with N ≤ 1000 the bundled slice when the full test set "
+                   "is missing; bundled: the bundled MNIST slice; local: local files only.  "
+                   "[default: bundled without CHECKPOINT, else auto]")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Run directory (results.sqlite, config.yaml).  [default: runs/audit-<config hash>]")
+@config_option
+@click.option("--seed", type=int, default=None, help="Seed of all random draws.  [default: 0]")
+@click.option("--device", default=None, help="auto (CUDA when present), cpu, cuda or cuda:N.  [default: auto]")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch (torch.set_num_threads).  [default: torch's default; 1 without "
+                   "CHECKPOINT: small models such as LeNet run faster single-threaded, most of all on a "
+                   "shared machine]")
+@click.option("--batch-size", type=int, default=None, help=f"Samples per batch.  [default: {_DEFAULTS.batch_size}]")
+@click.option("--save-adversarials/--no-save-adversarials", default=None,
+              help="Write adversarial images to OUT/adversarials/<model>/<search>/batch-XXXX.safetensors.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout (progress on stderr).")
+@click.option("--quiet", is_flag=True, help="No progress bars and no table.")
+@handle_errors
+def run(checkpoints, attacks, budget, n, subset, dataset, data_root, source, out_dir, config_file, seed, device,
+        threads, batch_size, save_adversarials, as_json, quiet) -> None:
+    file_layer = read_yaml(config_file) if config_file else {}
+    file_ckpts = file_layer.pop("checkpoints", None)
+    if file_ckpts is not None and not (isinstance(file_ckpts, list) and all(isinstance(c, str) for c in file_ckpts)):
+        raise ConfigError(f"config file {config_file!r}: 'checkpoints' must be a list of paths or names")
+    ckpts = list(checkpoints) or list(file_ckpts or [])
+    cli_layer = dict(attacks=attacks, budget=budget, n=n, subset=subset, dataset=dataset, data_root=data_root, source=source,
+                     seed=seed, device=device, batch_size=batch_size, save_adversarials=save_adversarials)
+    defaults = {} if ckpts else {"source": "bundled", "budget": "quick"}
+    where = f"config file {config_file!r}" if config_file else "options"
+    cfg = build_config(AuditConfig, defaults, file_layer, cli_layer, where=where)
+    if threads is None and not ckpts:
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
+    summary = run_audit(ckpts, cfg, out_dir, progress=not quiet, console=console)
+    if as_json:
+        click.echo(json.dumps(json_document(summary), indent=2))
+    elif not quiet:
+        render_tables(summary)
+
+
+report_cmds.register(main)
+
+if __name__ == "__main__":
+    main()
