@@ -65,26 +65,22 @@ def _fmt(v: Optional[float], spec: str = ".4f") -> str:
 
 
 def render_tables(summary: dict) -> None:
+    """One rich table per model (its searches as rows), on stderr."""
     from rich.table import Table
 
-    mt = Table(title="models", title_justify="left")
-    for col in ("model", "checkpoint", "clean acc", "mean ‖J‖_F (pixel)"):
-        mt.add_column(col, justify="right" if col not in ("model", "checkpoint") else "left",
-                      no_wrap=col != "checkpoint")
+    console.print(f"[bold]audit[/] {summary['run_dir']}", highlight=False)
     for m in summary["models"]:
-        mt.add_row(m["name"], str(m["checkpoint"]), _fmt(m["clean_accuracy"], ".2%"),
-                   _fmt(m["jacobian_norm"], ".3f"))
-    console.print(mt)
-    t = Table(title=f"fooling distances — {summary['run_dir']}", title_justify="left",
-              caption=SAMPLES_NOTE, caption_justify="left")
-    for col in ("model", "search", "n", "success", "median L2", "mean L2", "ρ̂_adv", "not fooled"):
-        t.add_column(col, justify="left" if col in ("model", "search") else "right", no_wrap=col != "not fooled")
-    for m in summary["models"]:
-        for i, (s, r) in enumerate(m["searches"].items()):
-            t.add_row(m["name"] if i == 0 else "", s, str(r["n"]), _fmt(r["success_rate"], ".1%"),
-                      _fmt(r["median_l2"]), _fmt(r["mean_l2"]), _fmt(r["rho_adv"]), str(r["not_fooled"]))
-        t.add_section()
-    console.print(t)
+        t = Table(title=f"[bold]{m['name']}[/]  clean acc {_fmt(m['clean_accuracy'], '.2%')}  "
+                        f"mean ‖J‖_F {_fmt(m['jacobian_norm'], '.3f')} (pixel)"
+                        + (f"  [dim]{m['checkpoint']}[/]" if m["checkpoint"] != m["name"] else ""),
+                  title_justify="left")
+        for col in ("search", "n", "success", "median L2", "mean L2", "ρ̂_adv", "not fooled"):
+            t.add_column(col, justify="left" if col == "search" else "right", no_wrap=True)
+        for s, r in m["searches"].items():
+            t.add_row(s, str(r["n"]), _fmt(r["success_rate"], ".1%"), _fmt(r["median_l2"]), _fmt(r["mean_l2"]),
+                      _fmt(r["rho_adv"]), str(r["not_fooled"]))
+        console.print(t)
+    console.print(f"[dim]{SAMPLES_NOTE}[/]", highlight=False)
     if summary.get("warnings"):
         console.print(f"[yellow]{len(summary['warnings'])} warning(s)[/], stored in the run's meta 'warnings'")
 
