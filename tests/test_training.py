@@ -180,6 +180,19 @@ def test_finetune_names_parent(tmp_path, data_root):
     assert card["training"]["reg_options"] == {"form": "jg"}
 
 
+def test_finetune_with_other_regularizer(tmp_path, data_root):
+    parent = tmp_path / "parent"
+    assert _fit([*SMALL, "--data-root", data_root, "--steps", "5", "--eval-every", "0", "--out", str(parent)]).exit_code == 0
+    out = tmp_path / "pp"
+    res = CliRunner().invoke(jr_train, ["finetune", str(parent), "--regularizer", "jr", "--lam", "0.01",
+                                        "--data-root", data_root, "--steps", "3", "--batch-size", "20",
+                                        "--eval-every", "0", "--eval-samples", "20", "--device", "cpu",
+                                        "--quiet", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    card = yaml.safe_load((out / "card.yaml").read_text())
+    assert card["training"]["regularizer"] == "jr" and card["training"]["reg_options"] == {}
+
+
 def test_finetune_plain_state_dict(tmp_path, data_root):
     from robustbench_jr.models import make_model
 

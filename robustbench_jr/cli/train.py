@@ -109,8 +109,7 @@ def fit(**kwargs):
 
 # Jakubovitz & Giryes post-processing: Adam, batch 500, exact Jacobian penalty eq. (4), λ = 0.1 (MNIST).
 FINETUNE_DEFAULTS = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "lr_step": 0, "steps": 2000,
-                     "batch_size": 500, "regularizer": "jr-exact", "lam": 0.1, "reg_options": {"form": "jg"},
-                     "eval_every": 500}
+                     "batch_size": 500, "regularizer": "jr-exact", "lam": 0.1, "eval_every": 500}
 
 
 @main.command()
@@ -132,12 +131,18 @@ def finetune(checkpoint, arch, num_classes, **kwargs):
     model, parent_card = load_checkpoint(checkpoint, arch=arch, dataset=kwargs.get("dataset"), num_classes=num_classes)
     base = dict(FINETUNE_DEFAULTS, model=parent_card["architecture"], dataset=parent_card["dataset"])
     cfg = _build(kwargs, base)
+    if cfg.regularizer == "jr-exact" and "form" not in cfg.reg_options:
+        cfg.reg_options = {**cfg.reg_options, "form": "jg"}  # Jakubovitz–Giryes' penalty by default
+        cfg.validate()
     parent = {"checkpoint": str(checkpoint), "architecture": parent_card["architecture"],
               "metrics": parent_card.get("metrics")}
     card = train(cfg, kwargs["out"], resume=kwargs["resume"], init_model=model, parent=parent,
                  progress=not kwargs["quiet"])
     _finish(card, kwargs["out"], kwargs["as_json"])
 
+
+from ..experiments.cli import table as _table  # noqa: E402  (`jr-train table`)
+main.add_command(_table)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
