@@ -1,1 +1,40 @@
-"""attacks"""
+"""The six fooling-distance searches, their shared base and the registry.
+
+``build_search(name, config)`` gives a configured search; ``search.run(model, x, y,
+generator, sample_ids)`` returns a per-sample :class:`SearchResult`. See
+:mod:`robustbench_jr.attacks.base` for the conventions (pixel space, failures as
++inf, re-verification, per-sample seeding).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from ..errors import unknown_name
+from .base import Search, SearchResult, verify_adversarials
+from .cw import CWConfig, CWSearch
+from .deepfool import DeepFoolConfig, DeepFoolSearch
+from .fgsm import FGSMConfig, FGSMSearch
+from .jsma import JSMAConfig, JSMASearch
+from .noise import NoiseConfig, NoiseSearch
+from .pgd import PGDConfig, PGDSearch
+
+#: name -> search class, in the order the audit runs them (weakest to strongest)
+SEARCHES: dict[str, type[Search]] = {
+    cls.name: cls for cls in (NoiseSearch, FGSMSearch, PGDSearch, CWSearch, DeepFoolSearch, JSMASearch)
+}
+
+
+def build_search(name: str, config: Optional[Mapping[str, Any]] = None) -> Search:
+    """The search registered as ``name``, configured from ``config`` (a mapping of its
+    Config fields; unknown names or keys raise :class:`ConfigError` listing the valid ones)."""
+    if name not in SEARCHES:
+        raise unknown_name("search", name, SEARCHES)
+    return SEARCHES[name](config)
+
+
+__all__ = [
+    "CWConfig", "CWSearch", "DeepFoolConfig", "DeepFoolSearch", "FGSMConfig", "FGSMSearch", "JSMAConfig",
+    "JSMASearch", "NoiseConfig", "NoiseSearch", "PGDConfig", "PGDSearch", "SEARCHES", "Search",
+    "SearchResult", "build_search", "verify_adversarials",
+]

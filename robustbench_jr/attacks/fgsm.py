@@ -1,0 +1,105 @@
+"""FGSM fooling-distance search (Hoffman et al. 2019, App. F (ii)).
+
+One gradient of the cross-entropy loss at the clean point gives the direction
+s = sign(∇ₓ CE(x, y)) — exactly one backward pass per sample. The step size ε is
+then searched with forward passes only: ε runs over a geometric grid from
+``eps_min`` to ``eps_max`` (``grid_size`` points) until clip(x + ε·s, 0, 1) fools the
+model, then ε is bisected between the last non-fooling grid point (or 0) and the
+first fooling one until the bracket is narrower than ``rtol`` (relative). The
+reported distance is that of the clipped image. ε > 1 changes nothing (every moved
+pixel is saturated), so ``eps_max`` = 1 covers the whole range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from .base import Found, Search, Tally, input_gradient, warn_zero_gradients
+
+
+@dataclass
+class FGSMConfig:
+    #: smallest grid value of ε (Linf step in [0, 1] pixel units)
+    eps_min: float = 1e-3
+    #: largest ε tried (1 saturates every pixel the sign moves)
+    eps_max: float = 1.0
+    #: number of geometric grid points between eps_min and eps_max
+    grid_size: int = 40
+    #: bisection stops when (hi − lo) ≤ rtol·hi
+    rtol: float = 1e-3
+    #: at most this many bisection steps
+    max_bisection: int = 20
+
+    def validate(self) -> None:
+        if not 0 < self.eps_min <= self.eps_max:
+            raise ConfigError(f"fgsm: need 0 < eps_min ≤ eps_max, got {self.eps_min}, {self.eps_max}")
+        if self.grid_size < 1:
+            raise ConfigError(f"fgsm: grid_size must be ≥ 1, got {self.grid_size}")
+        if not 0 < self.rtol < 1:
+            raise ConfigError(f"fgsm: rtol must lie in (0, 1), got {self.rtol}")
+        if self.max_bisection < 0:
+            raise ConfigError(f"fgsm: max_bisection must be ≥ 0, got {self.max_bisection}")
+
+
+class FGSMSearch(Search):
+    """Sign of the clean-point gradient; smallest fooling ε by grid then bisection."""
+
+    name = "fgsm"
+    Config = FGSMConfig
+
+    def _search(self, model, x, y, ids, generator):
+        cfg = self.config
+        b = x.shape[0]
+        dev = x.device
+        tally = Tally(b, dev)
+        all_idx = torch.arange(b, device=dev)
+        _, g = input_gradient(model, x, lambda z: F.cross_entropy(z, y, reduction="none"))
+        tally.add_forward(all_idx)
+        tally.add_grad(all_idx)
+        warn_zero_gradients(self.name, int((g.flatten(1) == 0).all(1).sum()))
+        s = g.sign()
+        if cfg.grid_size == 1:
+            grid = torch.tensor([cfg.eps_max], dtype=torch.float64)
+        else:
+            grid = torch.logspace(torch.log10(torch.tensor(cfg.eps_min, dtype=torch.float64)),
+                                  torch.log10(torch.tensor(cfg.eps_max, dtype=torch.float64)),
+                                  cfg.grid_size, dtype=torch.float64)
+        lo = torch.zeros(b, dtype=torch.float64, device=dev)
+        hi = torch.full((b,), float("inf"), dtype=torch.float64, device=dev)
+        adv = torch.full_like(x, float("nan"))
+        searching = (s.flatten(1) != 0).any(1)
+
+        def evaluate(idx, eps):
+            cand = (x[idx] + eps.to(x.dtype).view(-1, 1, 1, 1) * s[idx]).clamp(0, 1)
+            with torch.no_grad():
+                fooled = model(cand).argmax(1) != y[idx]
+            tally.add_forward(idx)
+            return cand, fooled
+
+        for eps in grid.tolist():
+            idx = searching.nonzero().squeeze(1)
+            if not idx.numel():
+                break
+            e = torch.full((idx.numel(),), eps, dtype=torch.float64, device=dev)
+            cand, fooled = evaluate(idx, e)
+            f_idx = idx[fooled]
+            hi[f_idx] = eps
+            adv[f_idx] = cand[fooled]
+            lo[idx[~fooled]] = eps
+            searching[f_idx] = False
+        for _ in range(cfg.max_bisection):
+            act = torch.isfinite(hi) & (hi - lo > cfg.rtol * hi)
+            idx = act.nonzero().squeeze(1)
+            if not idx.numel():
+                break
+            mid = 0.5 * (lo[idx] + hi[idx])
+            cand, fooled = evaluate(idx, mid)
+            f_idx = idx[fooled]
+            hi[f_idx] = mid[fooled]
+            adv[f_idx] = cand[fooled]
+            lo[idx[~fooled]] = mid[~fooled]
+        return Found(adv, torch.isfinite(hi), tally.forward, tally.grad)
