@@ -1,0 +1,68 @@
+"""`jr-train table`: run a whole experiment table (registered on the jr-train group)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..cli.common import console, handle_errors
+
+TABLE_HELP = """Run the experiment table in EXPERIMENT_DIR (table.yaml + one training YAML per run).
+
+\b
+Trains every run that is not done yet (a run whose results directory holds card.yaml
+from the same resolved config is skipped; an interrupted one resumes; one trained with
+another config is refused), evaluates it (card accuracy and ‖J‖_F; accuracy on a
+domain-shift set; an audit, which resumes by itself), then writes
+RESULTS/<table>/table.md and table.json: our numbers next to the paper's, the
+acceptance checks (PASS/FAIL/PENDING), steps used vs the paper's, wall times, hardware.
+
+\b
+--steps-scale F (< 1) and --max-steps N shorten every run (steps and lr_step
+alike) and --audit-n N caps the audits; such runs go to RESULTS/<table>@<scaling>/
+and never mix with full ones.
+
+\b
+Examples:
+  jr-train table experiments/hoffman-table1
+  jr-train table --all experiments --dry-run
+  jr-train table experiments/jg-table3 --max-steps 20 --audit-n 20      (smoke run)
+  jr-train table --validate experiments
+"""
+
+
+@click.command("table", help=TABLE_HELP)
+@click.argument("experiment_dir", type=click.Path(file_okay=False))
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Root of the results folders.")
+@click.option("--steps-scale", type=float, default=1.0, show_default=True,
+              help="Multiply every run's steps and lr_step by F (0 < F ≤ 1).")
+@click.option("--max-steps", type=int, default=None, help="Cap every run at N steps (lr_step shrinks in proportion).")
+@click.option("--audit-n", type=int, default=None, help="Audit at most N test samples per run.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N for training and audits [default: the configs'].")
+@click.option("--data-root", default=None, type=click.Path(file_okay=False), help="Where to look for the data.")
+@click.option("--only", default=None, metavar="RUN,...", help="Only these runs (their parents are trained as needed).")
+@click.option("--all", "all_tables", is_flag=True, help="EXPERIMENT_DIR is a root: run every table under it.")
+@click.option("--dry-run", is_flag=True, help="Show what would be trained and evaluated; change nothing.")
+@click.option("--table-only", is_flag=True, help="Train and evaluate nothing; rewrite table.md/json from the results.")
+@click.option("--validate", is_flag=True,
+              help="Check every table under EXPERIMENT_DIR (or its parent, for a table) and exit.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@handle_errors
+def table(experiment_dir, results, steps_scale, max_steps, audit_n, device, data_root, only, all_tables, dry_run,
+          table_only, validate, quiet):
+    from .runner import RunnerOptions, Scaling, run_tables
+    from .spec import TABLE_FILE, validate_experiments
+
+    if validate:
+        p = Path(experiment_dir)
+        root = p.parent if (p / TABLE_FILE).is_file() and not all_tables else p
+        tables = validate_experiments(root)
+        n_runs = sum(len(t.runs) for t in tables)
+        console.print(f"[green]ok[/]: {len(tables)} tables, {n_runs} runs under {root}")
+        return
+    opts = RunnerOptions(results=Path(results), scaling=Scaling(steps_scale, max_steps, audit_n), device=device,
+                         data_root=data_root, only=[s.strip() for s in only.split(",") if s.strip()] if only else None,
+                         dry_run=dry_run, table_only=table_only, progress=not quiet)
+    run_tables(experiment_dir, opts, all_tables=all_tables, console=console)

@@ -1,0 +1,448 @@
+"""Collect a table's numbers from its results, evaluate the checks, write table.md / table.json."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .runner import AUDIT_DIR, Runner, _read_card, build_run_config, hardware, hardware_line, read_eval, sha256_file
+from .spec import Check, Column, TableSpec, check_columns, check_runs
+
+PASS, FAIL, PENDING = "PASS", "FAIL", "PENDING"
+
+
+# ---------------------------------------------------------------------------
+# numbers
+# ---------------------------------------------------------------------------
+
+def _sigma_key(s: Any) -> str:
+    return f"{float(s):g}"
+
+
+def audit_metrics(adir: Path, weights_sha: Optional[str]) -> tuple[dict, str]:
+    """Metrics of the one-model audit in ``adir`` and its state (complete | partial | stale | missing)."""
+    from ..evaluation.audit import summarize_run
+    from ..evaluation.store import ResultStore
+
+    if not (adir / "results.sqlite").is_file():
+        return {}, "missing"
+    out: dict = {}
+    with ResultStore(adir, readonly=True) as store:
+        meta = store.meta()
+        models = store.models()
+        if not models:
+            return {}, "missing"
+        name = models[0]["model"]
+        ident = (meta.get("identity") or {}).get("models") or [{}]
+        state = meta.get("status") or "partial"
+        if weights_sha and ident[0].get("weights_sha256") not in (None, "", weights_sha):
+            state = "stale"
+        s = summarize_run(store, [name])["models"][0]
+        out["audit.clean_accuracy"] = s.get("clean_accuracy")
+        out["audit.jacobian_norm"] = s.get("jacobian_norm")
+        for row in s.get("noise_accuracy") or []:
+            out[f"audit.noise_accuracy@{_sigma_key(row['sigma'])}"] = row["accuracy"]
+        for search, summ in (s.get("searches") or {}).items():
+            for k, v in summ.items():
+                out[f"audit.{search}.{k}"] = v
+            l2 = store.results(name, search)["l2"]
+            out[f"audit.{search}.d50"] = float(np.median(l2)) if l2.size else float("nan")
+    return out, ("complete" if state == "complete" else state)
+
+
+def metric_value(metrics: dict, metric: str) -> Optional[float]:
+    if metric.startswith("audit.noise_accuracy@"):
+        metric = "audit.noise_accuracy@" + _sigma_key(metric.split("@", 1)[1])
+    v = metrics.get(metric)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return float(v)
+
+
+def collect(runner: Runner, table: TableSpec) -> dict:
+    """Every run's status, numbers and cells (ours next to the paper's), and the checks."""
+    cat = runner.cat
+    rows = []
+    for r in table.runs:
+        t, tr = cat.resolve(table, r.name)
+        ckpt = runner.out_dir(t) / tr.name
+        edir = runner.out_dir(table) / r.name
+        job = runner.status(table, r)
+        full_steps = build_run_config(cat, t, tr).steps
+        card = _read_card(ckpt) if job.status in ("done", "stale") else None
+        metrics: dict = {}
+        notes = []
+        status = {"done": "done", "stale": "stale"}.get(job.status, "pending")
+        if job.status == "stale":
+            notes.append(f"trained with a different config ({job.detail}); numbers not used")
+            card = None
+        train = (card or {}).get("training") or {}
+        sha = None
+        if card is not None:
+            m = card.get("metrics") or {}
+            for k in ("test_accuracy", "jacobian_norm", "jacobian_norm_normalized_input"):
+                metrics[k] = m.get(k)
+            metrics["wall_time_s"] = train.get("wall_time_s")
+            metrics["steps"] = train.get("steps_done")
+            sha = sha256_file(ckpt / "model.safetensors")
+        ev = read_eval(edir)
+        if r.domain_shift:
+            ds = (ev.get("domain_shift") or {}).get(r.domain_shift)
+            if ds and sha and ds.get("weights_sha256") == sha:
+                metrics["domain_shift_accuracy"] = ds.get("accuracy")
+                metrics["domain_shift_n"] = ds.get("n")
+            elif card is not None:
+                notes.append(f"accuracy on {r.domain_shift} pending")
+        audit_state = None
+        if r.audit is not None and card is not None:
+            try:
+                am, audit_state = audit_metrics(edir / AUDIT_DIR, sha)
+            except ImportError:
+                am, audit_state = {}, "missing"
+                notes.append("audit package not installed")
+            if audit_state == "stale":
+                notes.append("audit was run on other weights; rerun the table to redo it")
+                am = {}
+            elif audit_state != "complete":
+                notes.append(f"audit {audit_state}")
+            metrics.update(am)
+        cells = {}
+        for c in table.columns:
+            v = metric_value(metrics, c.metric)
+            cells[c.key] = {"ours": None if v is None else v * c.scale, "paper": r.paper.get(c.key)}
+        how = "trained here" if r.use is None else f"uses {t.name}/{tr.name}"
+        if tr.finetune_from:
+            how += f" (post-processing of {tr.finetune_from})"
+        rows.append({
+            "name": r.name, "label": r.label, "status": status, "source": how, "checkpoint": str(ckpt),
+            "steps": metrics.get("steps"), "full_steps": full_steps,
+            "steps_planned": runner.config(table, r).steps, "paper_steps": r.paper_steps,
+            "train_wall_time_s": metrics.get("wall_time_s"),
+            "audit_wall_time_s": (ev.get("audit") or {}).get("wall_time_s") if r.audit is not None else None,
+            "audit_state": audit_state, "device": train.get("device"), "metrics": metrics, "cells": cells,
+            "notes": notes + ([r.note] if r.note else []), "row": r.row, "col": r.col,
+        })
+    by_name = {row["name"]: row for row in rows}
+    checks = [evaluate_check(c, table, by_name) for c in table.checks]
+    return {"table": table.name, "title": table.title, "paper": table.paper, "description": table.description,
+            "results_dir": str(runner.out_dir(table)), "scaling": runner.opt.scaling.describe(),
+            "scaled": not runner.opt.scaling.is_full, "hardware": hardware(),
+            "columns": [c.__dict__ for c in table.columns], "runs": rows, "checks": checks,
+            "pivot": table.pivot, "generated": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "command": " ".join(["jr-train"] + sys.argv[1:]) if sys.argv and "jr-train" in sys.argv[0] else None}
+
+
+# ---------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------
+
+def _fmt(v: Optional[float], digits: int = 2) -> str:
+    if v is None:
+        return "pending"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    if isinstance(v, float) and math.isnan(v):
+        return "–"
+    return f"{v:.{digits}f}"
+
+
+def evaluate_check(check: Check, table: TableSpec, rows: dict) -> dict:
+    p = check.params
+    col = table.column(check.column)
+    d = col.digits
+
+    def val(run: str, key: Optional[str] = None) -> Optional[float]:
+        return rows[run]["cells"][key or check.column]["ours"]
+
+    res = {"name": check.name, "kind": check.kind, "acceptance": check.acceptance, "note": check.note,
+           "column": check.column, "runs": check_runs(check, table), "columns": check_columns(check)}
+    status, detail = PENDING, ""
+    if check.kind == "ratio":
+        a, b = val(p["numerator"]), val(p["denominator"])
+        bounds = " and ".join(x for x in (f"≥ {p['min']:g}" if "min" in p else "",
+                                          f"≤ {p['max']:g}" if "max" in p else "") if x)
+        if a is None or b is None:
+            detail = f"{p['numerator']} / {p['denominator']} {bounds}: waiting for numbers"
+        else:
+            ratio = a / b if b != 0 else math.inf
+            ok = ("min" not in p or ratio >= p["min"]) and ("max" not in p or ratio <= p["max"])
+            status = PASS if ok else FAIL
+            detail = (f"{p['numerator']} / {p['denominator']} = {_fmt(a, d)} / {_fmt(b, d)} = {ratio:.2f} "
+                      f"({bounds})")
+            res["value"] = ratio
+    elif check.kind == "paper":
+        tol = p["tolerance"]
+        parts, fails, missing = [], 0, 0
+        for rn in res["runs"]:
+            ours, paper = val(rn), rows[rn]["cells"][check.column]["paper"]
+            if paper is None:
+                continue
+            if ours is None:
+                missing += 1
+                parts.append(f"{rn} pending (paper {paper:g})")
+                continue
+            diff = ours - paper
+            if p.get("relative"):
+                rel = diff / abs(paper) if paper else math.inf
+                bad = abs(rel) > tol
+                shown = f"{rel:+.0%}"
+            else:
+                bad = abs(diff) > tol
+                shown = f"{diff:+.{d}f}"
+            fails += bad
+            parts.append(f"{rn} {_fmt(ours, d)} vs {paper:g} ({shown}){' ✗' if bad else ''}")
+        status = FAIL if fails else (PENDING if missing or not parts else PASS)
+        rule = f"|ours/paper − 1| ≤ {tol:g}" if p.get("relative") else f"|ours − paper| ≤ {tol:g}"
+        detail = f"{rule}: " + "; ".join(parts)
+    elif check.kind == "order":
+        incr = p["direction"] == "increasing"
+        if "runs" in p:
+            items = [(rn, val(rn)) for rn in p["runs"]]
+        else:
+            items = [(f"{table.column(k).label}", val(p["run"], k)) for k in p["columns"]]
+        sign = " < " if incr else " > "
+        if any(v is None for _, v in items):
+            detail = sign.join(n for n, _ in items) + ": waiting for numbers"
+        else:
+            vals = [v for _, v in items]
+            ok = all((x < y) if incr else (x > y) for x, y in zip(vals, vals[1:]))
+            status = PASS if ok else FAIL
+            detail = sign.join(f"{n} {_fmt(v, d)}" for n, v in items)
+            if "run" in p:
+                detail = f"{p['run']}: " + detail
+    elif check.kind == "compare":
+        hi = [(rn, val(rn)) for rn in p["higher"]]
+        lo = [(rn, val(rn)) for rn in p["lower"]]
+        if any(v is None for _, v in hi + lo):
+            detail = f"min({', '.join(p['higher'])}) > max({', '.join(p['lower'])}): waiting for numbers"
+        else:
+            ok = min(v for _, v in hi) > max(v for _, v in lo)
+            status = PASS if ok else FAIL
+            detail = (f"min({', '.join(f'{n} {_fmt(v, d)}' for n, v in hi)}) > "
+                      f"max({', '.join(f'{n} {_fmt(v, d)}' for n, v in lo)})")
+    elif check.kind == "spread":
+        vals = [(rn, val(rn)) for rn in p["runs"]]
+        lim = " and ".join(x for x in (f"max − min ≤ {p['max_abs']:g}" if "max_abs" in p else "",
+                                       f"(max − min)/mean ≤ {p['max_rel']:g}" if "max_rel" in p else "") if x)
+        if any(v is None for _, v in vals):
+            detail = f"{lim}: waiting for numbers"
+        else:
+            vs = [v for _, v in vals]
+            spread = max(vs) - min(vs)
+            mean = sum(vs) / len(vs)
+            rel = spread / abs(mean) if mean else math.inf
+            ok = ("max_abs" not in p or spread <= p["max_abs"]) and ("max_rel" not in p or rel <= p["max_rel"])
+            status = PASS if ok else FAIL
+            detail = (", ".join(f"{n} {_fmt(v, d)}" for n, v in vals)
+                      + f": max − min = {spread:.{d}f}, relative {rel:.3f} ({lim})")
+    res["status"], res["detail"] = status, detail
+    return res
+
+
+# ---------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else (None if math.isnan(obj) else ("inf" if obj > 0 else "-inf"))
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _duration(s: Optional[float]) -> str:
+    if s is None:
+        return "–"
+    s = float(s)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def _md(s: Any) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(data: dict, table: TableSpec) -> str:
+    cols = table.columns
+    lines = [f"# {data['title']}", ""]
+    if data["paper"]:
+        lines += [f"Reproduces: {data['paper']}.", ""]
+    if data["description"]:
+        lines += [data["description"].strip(), ""]
+    if data["scaled"]:
+        lines += [f"> **Scaled run ({data['scaling']}).** A smoke/CPU run of the tooling: its numbers are not "
+                  f"comparable with the paper's, and its checks say nothing about the reproduction.", ""]
+    lines += [f"- Results directory: `{data['results_dir']}` ({data['scaling']})",
+              f"- Hardware of this invocation: {hardware_line(data['hardware'])}",
+              f"- Written {data['generated']}" + (f" by `{data['command']}`" if data.get("command") else ""), ""]
+
+    lines += ["## Results", ""]
+    with_paper = {c.key for c in cols if any(r["cells"][c.key]["paper"] is not None for r in data["runs"])}
+    head = ["Run"]
+    for c in cols:
+        head += [f"{c.label} (ours)", f"{c.label} (paper)"] if c.key in with_paper else [c.label]
+    head += ["Steps: ours / paper", "Training time", "Audit time", "Device", "Status"]
+    lines.append("| " + " | ".join(_md(h) for h in head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for row in data["runs"]:
+        cells = [_md(row["label"])]
+        for c in cols:
+            cell = row["cells"][c.key]
+            cells.append(_fmt(cell["ours"], c.digits))
+            if c.key in with_paper:
+                cells.append("–" if cell["paper"] is None else f"{cell['paper']:g}")
+        steps = row["steps"] if row["steps"] is not None else f"({row['steps_planned']} planned)"
+        ps = row["paper_steps"] if row["paper_steps"] is not None else "–"
+        cells += [f"{steps} / {ps}", _duration(row["train_wall_time_s"]), _duration(row["audit_wall_time_s"]),
+                  _md(row["device"] or "–"), row["status"] + (f" — {'; '.join(row['notes'])}" if row["notes"] else "")]
+        lines.append("| " + " | ".join(_md(x) for x in cells) + " |")
+    lines.append("")
+    lines.append("Run directories: " + ", ".join(f"`{r['name']}` → {r['source']}" for r in data["runs"]) + ".")
+    lines.append("")
+
+    if table.pivot:
+        pv = table.pivot
+        col = table.column(pv["column"])
+        lines += [f"### {col.label}: ours / paper", ""]
+        lines.append("| | " + " | ".join(_md(c) for c in pv["cols"]) + " |")
+        lines.append("|" + "---|" * (len(pv["cols"]) + 1))
+        for rl in pv["rows"]:
+            cells = [_md(rl)]
+            for cl in pv["cols"]:
+                match = [r for r in data["runs"] if r["row"] == rl and r["col"] == cl]
+                if not match:
+                    cells.append("")
+                    continue
+                cell = match[0]["cells"][col.key]
+                paper = "–" if cell["paper"] is None else f"{cell['paper']:g}"
+                cells.append(f"{_fmt(cell['ours'], col.digits)} / {paper}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+
+    if data["checks"]:
+        lines += ["## Checks", ""]
+        lines.append("| Check | Acceptance criterion | Result | Detail |")
+        lines.append("|---|---|---|---|")
+        for c in data["checks"]:
+            res = f"**{c['status']}**" if c["status"] != PENDING else c["status"]
+            lines.append(f"| {_md(c['name'])} | {'yes' if c['acceptance'] else 'no'} | {res} | "
+                         f"{_md(c['detail'])}{(' — ' + _md(c['note'])) if c['note'] else ''} |")
+        acc = [c for c in data["checks"] if c["acceptance"]]
+        n_pass = sum(c["status"] == PASS for c in acc)
+        n_pend = sum(c["status"] == PENDING for c in acc)
+        if acc:
+            lines += ["", f"Acceptance: {n_pass} of {len(acc)} acceptance checks pass"
+                          + (f", {n_pend} pending" if n_pend else "") + ".", ""]
+        else:
+            lines += ["", "This table has no acceptance checks of the issue; its checks are informational.", ""]
+    extras = []
+    if data.get("report"):
+        extras.append(f"- Audit report (figures, curves, ρ̂ tables): `{data['report']}`")
+    if data.get("report_error"):
+        extras.append(f"- The audit report could not be written: {data['report_error']}")
+    for f in data.get("figures") or []:
+        extras.append(f"- Figure: `{f}`")
+    if extras:
+        lines += ["## Figures", ""] + extras + [""]
+    lines += ["## Columns", ""]
+    from .spec import CARD_METRICS, EVAL_METRICS
+
+    for c in cols:
+        what = CARD_METRICS.get(c.metric) or EVAL_METRICS.get(c.metric) or c.metric
+        lines.append(f"- {c.label}: `{c.metric}`" + (f" × {c.scale:g}" if c.scale != 1 else "") + f" — {what}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def training_curves(runner: Runner, table: TableSpec, out: Path) -> Optional[Path]:
+    """Held-out accuracy and ‖J‖_F against the step for the table's runs (Hoffman Fig. 2)."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import yaml
+
+    from ..models import NORMALIZATIONS
+
+    series = []
+    for r in table.runs:
+        t, tr = runner.cat.resolve(table, r.name)
+        d = runner.out_dir(t) / tr.name
+        f = d / "metrics.jsonl"
+        if not f.is_file() or not (d / "card.yaml").is_file():
+            continue
+        card = yaml.safe_load((d / "card.yaml").read_text()) or {}
+        std = NORMALIZATIONS.get(card.get("normalization", ""), ((0,), (1,)))[1]
+        scale, space = (std[0], "normalised input") if len(std) == 1 else (1.0, "pixel space")
+        pts = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        pts = [p for p in pts if "heldout_acc" in p]
+        if pts:
+            series.append((r.label, [p["step"] for p in pts], [p["heldout_acc"] for p in pts],
+                           [p["heldout_jacobian_norm"] * scale for p in pts], space))
+    if not series:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, steps, acc, jn, space in series:
+        axes[0].plot(steps, [100 * a for a in acc], marker="o", ms=3, label=label)
+        axes[1].plot(steps, jn, marker="o", ms=3, label=label)
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("held-out accuracy (%)")
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel(f"mean ‖J‖_F ({series[0][4]})")
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{table.title}: held-out samples during training", fontsize=10)
+    fig.tight_layout()
+    path = out / "training_curves.png"
+    fig.savefig(path, dpi=130)
+    fig.savefig(out / "training_curves.svg")
+    plt.close(fig)
+    return path
+
+
+def write_outputs(runner: Runner, table: TableSpec, data: dict) -> None:
+    out = runner.out_dir(table)
+    out.mkdir(parents=True, exist_ok=True)
+    if table.report:
+        audits = [str(out / r.name / AUDIT_DIR) for r in table.runs
+                  if r.audit is not None and (out / r.name / AUDIT_DIR / "results.sqlite").is_file()]
+        if audits:
+            try:
+                from ..reports.report import write_report
+
+                write_report(audits, out / "report", title=table.title)
+                data["report"] = str(out / "report" / "report.html")
+            except Exception as exc:  # the table must not be lost over a figure
+                data["report_error"] = f"{type(exc).__name__}: {exc}"
+                runner.console.print(f"[yellow]warning:[/] audit report not written: {data['report_error']}",
+                                     highlight=False)
+    if "training_curves" in table.figures:
+        try:
+            p = training_curves(runner, table, out)
+            if p is not None:
+                data.setdefault("figures", []).append(str(p))
+        except Exception as exc:
+            runner.console.print(f"[yellow]warning:[/] training curves not drawn: {type(exc).__name__}: {exc}",
+                                 highlight=False)
+    for name, text in (("table.md", markdown(data, table)),
+                       ("table.json", json.dumps(_json_safe(data), indent=2, ensure_ascii=False))):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out / name)
+    acc = [c for c in data["checks"] if c["acceptance"]]
+    summary = ", ".join(f"{c['name']}: {c['status']}" for c in acc) or "no acceptance checks"
+    runner.console.print(f"[green]table[/] {out / 'table.md'} — {summary}", highlight=False)
