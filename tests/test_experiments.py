@@ -67,7 +67,7 @@ def _tiny_tables(root: Path, audit: bool = False) -> Path:
     if audit:
         runs[0]["audit"] = {"attacks": ["noise"], "n": 6, "batch_size": 6, "noise_sigmas": [0.0, 0.5]}
     _write(t1 / "table.yaml", {
-        "title": "tiny table", "paper": "nobody (2024), Table 0", "paper_steps": 100,
+        "title": "tiny table", "paper": "nobody (2024), Table 0", "paper_steps": 100, "report": False,
         "columns": [
             {"key": "acc", "label": "Test accuracy (%)", "metric": "test_accuracy", "scale": 100, "digits": 1},
             {"key": "jnorm", "label": "‖J‖_F", "metric": "jacobian_norm_normalized_input", "digits": 3},
