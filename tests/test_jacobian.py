@@ -170,3 +170,21 @@ def test_batched_and_loop_jacobians_agree(lenet64):
         mean_jacobian_norm(lenet64, x.detach(), method="batched"), rel=1e-12)
     with pytest.raises(ConfigError, match="valid: auto, batched, loop"):
         jacobian_rows(x, lenet64(x), method="vmap")
+
+
+def test_one_pass_norms_in_two_spaces_match_known_answer():
+    """z = W x on 3-channel input: ‖J‖_F = ‖W‖_F in pixel space and ‖W·diag(std)‖_F in the
+    normalised space, with a different std per channel — both from one Jacobian pass."""
+    from robustbench_jr.jacobian import mean_jacobian_norms
+
+    torch.manual_seed(0)
+    Wc = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    lin = torch.nn.Linear(12, 4, bias=False).double()
+    lin.weight.data = Wc.reshape(4, 12)
+    model = torch.nn.Sequential(torch.nn.Flatten(), lin)
+    std = torch.tensor([0.2, 0.5, 2.0], dtype=torch.float64).view(1, 3, 1, 1)
+    out = mean_jacobian_norms(model, torch.rand(5, 3, 2, 2, dtype=torch.float64), {"pix": None, "norm": std},
+                              batch_size=2)
+    assert out["pix"][0] == pytest.approx(float(Wc.norm()), rel=1e-12)
+    assert out["norm"][0] == pytest.approx(float((Wc * std.view(1, 3, 1, 1)).norm()), rel=1e-12)
+    assert len(out["pix"][1]) == 5

@@ -9,7 +9,8 @@ Registered regularizers (``build_regularizer(name, lam, **options)``):
 from .base import REGULARIZERS, RegOutput, Regularizer, build_regularizer, register
 from .core import (
     JACOBIAN_METHODS, input_gradient, jacobian_rows, jacobian_sq_norms, jr_projection_estimate,
-    jr_projection_per_sample, mean_jacobian_norm, unit_directions,
+    jr_projection_per_sample, jacobian_channel_sq_norms, mean_jacobian_norm, mean_jacobian_norms,
+    unit_directions,
 )
 from . import jr  # noqa: F401  (registers jr, jr-exact, none)
 from . import varga  # noqa: F401  (registers datagrad, spectreg, frobreg, jacreg, onehot, randomonehot)
@@ -19,5 +20,5 @@ from .cyclo import CycloResult, cyclopropagation
 __all__ = [
     "CycloResult", "JACOBIAN_METHODS", "REGULARIZERS", "RegOutput", "Regularizer", "build_regularizer",
     "cyclopropagation", "input_gradient", "jacobian_rows", "jacobian_sq_norms", "jr_projection_estimate",
-    "jr_projection_per_sample", "mean_jacobian_norm", "register", "unit_directions",
+    "jr_projection_per_sample", "jacobian_channel_sq_norms", "mean_jacobian_norm", "mean_jacobian_norms", "register", "unit_directions",
 ]

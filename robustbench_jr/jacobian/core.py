@@ -216,6 +216,76 @@ def jacobian_sq_norms(
     return total
 
 
+def jacobian_channel_sq_norms(x: torch.Tensor, logits: torch.Tensor, method: str = "auto") -> torch.Tensor:
+    """Per-sample, per-input-channel Σ_c Σ_pixels (∂z_c/∂x)², a [B, C_in] tensor (no graph).
+
+    Summing over channels gives ‖J‖²_F in the space of ``x``; weighting channel k by
+    scale_k² gives it in a rescaled space (e.g. the normalised input, scale = std), so
+    one pass yields the norm in both spaces.
+    """
+    chosen = resolve_method(method, x)
+    if chosen == "batched":
+        try:
+            total = None
+            for g in _batched_chunks(x, logits, False, None):
+                part = g.pow(2).flatten(3).sum(3).sum(0)
+                total = part if total is None else total + part
+            return total
+        except (RuntimeError, NotImplementedError):
+            if method != "auto":
+                raise
+    classes = logits.shape[1]
+    total = None
+    for c in range(classes):
+        (g,) = torch.autograd.grad(logits[:, c].sum(), x, retain_graph=c < classes - 1)
+        part = g.pow(2).flatten(2).sum(2)
+        total = part if total is None else total + part
+    return total
+
+
+def mean_jacobian_norms(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    scales: dict,
+    batch_size: int = 500,
+    device: Optional[torch.device | str] = None,
+    method: str = "auto",
+) -> dict:
+    """Mean exact ‖J(x)‖_F over ``images`` in several input spaces from ONE Jacobian pass.
+
+    ``scales`` maps a name to None (the space of the model's input) or a per-channel
+    scale tensor broadcastable to [1, C, 1, 1] (e.g. the model's std for the normalised
+    input). Returns {name: (mean, per-sample norms)}. Eval mode, no graph kept.
+    """
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters(), None)
+    device = device or (param.device if param is not None else "cpu")
+    dtype = param.dtype if param is not None else torch.float32
+    chans = []
+    try:
+        for start in range(0, len(images), batch_size):
+            xb = images[start:start + batch_size].to(device)
+            xb = (xb.to(dtype) / 255.0) if xb.dtype == torch.uint8 else xb.to(dtype)
+            xb = xb.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(xb)
+                chans.append(jacobian_channel_sq_norms(xb, logits, method).detach().double().cpu())
+    finally:
+        model.train(was_training)
+    per_channel = torch.cat(chans) if chans else torch.zeros(0, 1, dtype=torch.float64)
+    out = {}
+    for name, scale in scales.items():
+        if scale is None:
+            w = torch.ones(per_channel.shape[1], dtype=torch.float64)
+        else:
+            w = torch.as_tensor(scale, dtype=torch.float64).flatten().cpu().pow(2)
+            w = w.expand(per_channel.shape[1]) if w.numel() == 1 else w
+        per = (per_channel * w).sum(1).sqrt()
+        out[name] = (float(per.mean()) if len(per) else float("nan"), per)
+    return out
+
+
 def mean_jacobian_norm(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -228,26 +298,9 @@ def mean_jacobian_norm(
     """Mean over ``images`` of the exact ‖J(x)‖_F (not squared), in eval mode, no graph kept.
 
     ``images`` are model inputs (pixel space for a PixelSpaceModel); uint8 images are
-    scaled to [0, 1]. With ``return_per_sample`` also returns the [N] tensor of norms.
+    scaled to [0, 1]. ``input_scale`` is a per-channel factor (e.g. the model's std, for
+    the normalised-input Jacobian). With ``return_per_sample`` also returns the [N] norms.
     ``method`` picks the exact-Jacobian implementation (see the module docstring).
     """
-    was_training = model.training
-    model.eval()
-    param = next(model.parameters(), None)
-    device = device or (param.device if param is not None else "cpu")
-    dtype = param.dtype if param is not None else torch.float32
-    norms = []
-    try:
-        for start in range(0, len(images), batch_size):
-            xb = images[start:start + batch_size].to(device)
-            xb = (xb.to(dtype) / 255.0) if xb.dtype == torch.uint8 else xb.to(dtype)
-            xb = xb.detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits = model(xb)
-                sq = jacobian_sq_norms(xb, logits, input_scale, method=method)
-            norms.append(sq.detach().sqrt().cpu())
-    finally:
-        model.train(was_training)
-    per = torch.cat(norms) if norms else torch.zeros(0)
-    mean = float(per.double().mean()) if len(per) else float("nan")
+    mean, per = mean_jacobian_norms(model, images, {"j": input_scale}, batch_size, device, method)["j"]
     return (mean, per) if return_per_sample else mean

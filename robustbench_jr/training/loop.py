@@ -24,7 +24,7 @@ from .. import __version__
 from ..config import to_dict
 from ..data import get_dataset_info, load_dataset
 from ..errors import ConfigError, JRError
-from ..jacobian import mean_jacobian_norm
+from ..jacobian import mean_jacobian_norms
 from ..models import PixelSpaceModel, make_model, save_checkpoint
 from .config import TrainConfig
 
@@ -135,9 +135,8 @@ def evaluate(model: PixelSpaceModel, images, labels, jacobian_samples: Optional[
     acc = accuracy(model, images, labels)
     jimgs = images if jacobian_samples is None else images[:jacobian_samples]
     dev = next(model.parameters()).device
-    jn = mean_jacobian_norm(model, jimgs, batch_size=500, device=dev)
-    jn_norm = mean_jacobian_norm(model, jimgs, batch_size=500, input_scale=model.input_scale, device=dev)
-    return {"accuracy": acc, "jacobian_norm": jn, "jacobian_norm_normalized_input": jn_norm,
+    norms = mean_jacobian_norms(model, jimgs, {"pixel": None, "normalized": model.input_scale}, 500, dev)
+    return {"accuracy": acc, "jacobian_norm": norms["pixel"][0], "jacobian_norm_normalized_input": norms["normalized"][0],
             "n": len(labels), "n_jacobian": len(jimgs)}
 
 
