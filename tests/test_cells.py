@@ -87,7 +87,9 @@ def test_cells_cli(checkpoints, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["checkpoints"][0]["name"] == "lenet-a"
     assert (tmp_path / "cells-0-adversarial.png").is_file()
-    res = CliRunner().invoke(group, ["cells", checkpoints[0], "--index", "1000000", "--resolution", "21"])
+    # the bundled slice is always there (CI has no full MNIST): 1,000 images, ids 0 … 999
+    res = CliRunner().invoke(group, ["cells", checkpoints[0], "--dataset", "bundled", "--index", "1000",
+                                     "--resolution", "21"])
     assert res.exit_code == 2 and "out of range" in res.output
     res = CliRunner().invoke(group, ["cells", str(tmp_path / "missing"), "--index", "0"])
     assert res.exit_code == 2
