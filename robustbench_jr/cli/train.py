@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..config import build_config, read_yaml
+from ..config import read_yaml
 from ..training import TrainConfig, train
+from ..training.config import build_train_config
 from .common import config_option, console, device_option, handle_errors
 
 
@@ -60,17 +61,12 @@ def _train_options(fn):
 _NOT_CONFIG = {"config_file", "out", "resume", "quiet", "as_json", "checkpoint", "arch", "num_classes"}
 
 
-def _build(kwargs, base: dict | None = None) -> TrainConfig:
+def _build(kwargs, base: dict | None = None, finetune: bool = False) -> TrainConfig:
     file_layer = read_yaml(kwargs["config_file"]) if kwargs.get("config_file") else {}
     cli_layer = {k: v for k, v in kwargs.items() if k not in _NOT_CONFIG}
     if cli_layer.get("device") == "auto" and "device" in file_layer:
         cli_layer["device"] = None  # the option's default must not override the file
-    cfg = build_config(TrainConfig, base or {}, file_layer, cli_layer, where="training config")
-    given = {**file_layer, **{k: v for k, v in cli_layer.items() if v is not None}}
-    if given.get("epochs") is not None and given.get("steps") is None:
-        cfg.steps = None  # --epochs replaces the default step count
-        cfg.validate()
-    return cfg
+    return build_train_config([base, file_layer, cli_layer], where="training config", finetune=finetune)
 
 
 def _finish(card: dict, out: str, as_json: bool) -> None:
@@ -107,10 +103,6 @@ def fit(**kwargs):
     _finish(card, kwargs["out"], kwargs["as_json"])
 
 
-# Jakubovitz & Giryes post-processing: Adam, batch 500, exact Jacobian penalty eq. (4), λ = 0.1 (MNIST).
-FINETUNE_DEFAULTS = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "lr_step": 0, "steps": 2000,
-                     "batch_size": 500, "regularizer": "jr-exact", "lam": 0.1, "eval_every": 500}
-
 
 @main.command()
 @click.argument("checkpoint")
@@ -129,11 +121,7 @@ def finetune(checkpoint, arch, num_classes, **kwargs):
     from ..models import load_checkpoint
 
     model, parent_card = load_checkpoint(checkpoint, arch=arch, dataset=kwargs.get("dataset"), num_classes=num_classes)
-    base = dict(FINETUNE_DEFAULTS, model=parent_card["architecture"], dataset=parent_card["dataset"])
-    cfg = _build(kwargs, base)
-    if cfg.regularizer == "jr-exact" and "form" not in cfg.reg_options:
-        cfg.reg_options = {**cfg.reg_options, "form": "jg"}  # Jakubovitz–Giryes' penalty by default
-        cfg.validate()
+    cfg = _build(kwargs, {"model": parent_card["architecture"], "dataset": parent_card["dataset"]}, finetune=True)
     parent = {"checkpoint": str(checkpoint), "architecture": parent_card["architecture"],
               "metrics": parent_card.get("metrics")}
     card = train(cfg, kwargs["out"], resume=kwargs["resume"], init_model=model, parent=parent,

@@ -29,6 +29,7 @@ from typing import Any, Optional
 import yaml
 
 from ..config import build_config, read_yaml, to_dict
+from ..training.config import build_train_config
 from ..errors import ConfigError
 from .spec import Catalog, RunSpec, TableSpec, load_table, table_dirs
 
@@ -132,9 +133,9 @@ def results_dir(results: Path, table: str, scaling: Scaling) -> Path:
 
 def finetune_defaults() -> dict:
     """The post-processing defaults of `jr-train finetune` (Jakubovitz–Giryes)."""
-    from ..cli.train import FINETUNE_DEFAULTS
+    from ..training.config import FINETUNE_DEFAULTS
 
-    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in FINETUNE_DEFAULTS.items()}
+    return dict(FINETUNE_DEFAULTS)
 
 
 def build_run_config(cat: Catalog, table: TableSpec, run: RunSpec, device: Optional[str] = None,
@@ -142,7 +143,6 @@ def build_run_config(cat: Catalog, table: TableSpec, run: RunSpec, device: Optio
     """The resolved TrainConfig of a trained run (a ``use`` run: of the run it uses),
     exactly as ``jr-train fit --config`` (or ``jr-train finetune PARENT --config``) would
     build it, plus the device/data-root overrides and the scaling."""
-    from ..training import TrainConfig
 
     if run.use is not None:
         t, r = cat.resolve(table, run.name)
@@ -153,16 +153,10 @@ def build_run_config(cat: Catalog, table: TableSpec, run: RunSpec, device: Optio
     if run.finetune_from is not None:
         pt, pr = cat.resolve(table, run.finetune_from)
         parent = build_run_config(cat, pt, pr)
-        base = dict(finetune_defaults(), model=parent.model, dataset=parent.dataset)
+        base = {"model": parent.model, "dataset": parent.dataset}
     cli_layer = {"device": device, "data_root": data_root}
-    cfg = build_config(TrainConfig, base, file_layer, cli_layer, where=f"training config {str(path)!r}")
-    if file_layer.get("epochs") is not None and file_layer.get("steps") is None:
-        cfg.steps = None
-        cfg.validate()
-    if run.finetune_from is not None and cfg.regularizer == "jr-exact" and "form" not in (cfg.reg_options or {}):
-        # as `jr-train finetune` does: Jakubovitz–Giryes' penalty form unless the config names one
-        cfg.reg_options = {**(cfg.reg_options or {}), "form": "jg"}
-        cfg.validate()
+    cfg = build_train_config([base, file_layer, cli_layer], where=f"training config {str(path)!r}",
+                             finetune=run.finetune_from is not None)
     if scaling is not None:
         scaling.apply(cfg)
         cfg.validate()

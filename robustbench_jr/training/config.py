@@ -105,3 +105,35 @@ class TrainConfig:
         if "space" in cls.options:
             opts.setdefault("space", self.reg_space)
         return build_regularizer(self.regularizer, self.lam, **opts)
+
+
+#: Post-processing defaults (Jakubovitz & Giryes): Adam, batch 500, exact Jacobian penalty
+#: in their form (see jr-exact ``form='jg'``), λ = 0.1 (MNIST).
+FINETUNE_DEFAULTS = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "lr_step": 0, "steps": 2000,
+                     "batch_size": 500, "regularizer": "jr-exact", "lam": 0.1, "eval_every": 500}
+
+
+def build_train_config(layers, where: str = "training config", finetune: bool = False) -> TrainConfig:
+    """The resolved TrainConfig from mappings in increasing priority (e.g. a parent's
+    model/dataset, a YAML file, command-line options; ``None`` values = not given).
+
+    - ``epochs`` given without ``steps`` replaces the default step count;
+    - ``finetune``: the post-processing defaults come first, and ``jr-exact`` gets
+      Jakubovitz–Giryes' penalty form unless the layers name one.
+    This is what `jr-train fit|finetune` and `jr-train table` both use.
+    """
+    from ..config import build_config
+
+    layers = [dict(layer or {}) for layer in layers]
+    cfg = build_config(TrainConfig, FINETUNE_DEFAULTS if finetune else {}, *layers, where=where)
+    given = {k: v for layer in layers for k, v in layer.items() if v is not None}
+    changed = False
+    if given.get("epochs") is not None and given.get("steps") is None:
+        cfg.steps = None
+        changed = True
+    if finetune and cfg.regularizer == "jr-exact" and "form" not in (cfg.reg_options or {}):
+        cfg.reg_options = {**(cfg.reg_options or {}), "form": "jg"}
+        changed = True
+    if changed:
+        cfg.validate()
+    return cfg
