@@ -250,3 +250,24 @@ def test_no_arguments_is_the_bundled_quick_audit(monkeypatch):
     assert seen["config"].budget == "paper" and seen["config"].source == "auto"
     assert json.loads(r.stdout) == {"run_dir": "runs/x", "models": [], "warnings": [],
                                     "metrics_note": ev.SAMPLES_NOTE}
+
+
+def test_bare_state_dict_needs_and_takes_arch(tmp_path):
+    """A plain PyTorch state dict is audited given --arch (loaded with weights_only=True)."""
+    import torch
+    from click.testing import CliRunner
+
+    from robustbench_jr.cli.eval import main
+    from robustbench_jr.models import load_checkpoint
+
+    model, _ = load_checkpoint("lenet-mnist")
+    pt = tmp_path / "lenet.pt"
+    torch.save(model.net.state_dict(), pt)
+    args = ["run", str(pt), "--attacks", "fgsm", "--n", "4", "--source", "bundled", "--device", "cpu",
+            "--quiet", "--json"]
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "--arch" in res.output
+    res = CliRunner().invoke(main, [*args, "--arch", "lenet", "--dataset", "mnist", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["models"][0]["clean_accuracy"] == 1.0 and doc["models"][0]["searches"]["fgsm"]["n"] == 4

@@ -115,6 +115,8 @@ Exit status: 0 when the audit completed, 2 on bad input.""")
 @click.option("--subset", type=click.Choice(["first", "random"]), default=None,
               help="The first N test samples or N random ones (drawn with --seed).  [default: first]")
 @click.option("--dataset", default=None, help="Dataset to audit on (default: each checkpoint card's).")
+@click.option("--arch", default=None,
+              help="Architecture of bare state dicts (.pt/.pth, weights_only=True), e.g. resnet18-cifar.")
 @click.option("--data-root", default=None, type=click.Path(file_okay=False), help="Where to look for the data.")
 @click.option("--source", type=click.Choice(["auto", "bundled", "local"]), default=None,
               help="auto: local files, or for MNIST with N ≤ 1000 the bundled slice when the full test set "
@@ -135,14 +137,15 @@ Exit status: 0 when the audit completed, 2 on bad input.""")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout (progress on stderr).")
 @click.option("--quiet", is_flag=True, help="No progress bars and no table.")
 @handle_errors
-def run(checkpoints, attacks, budget, n, subset, dataset, data_root, source, out_dir, config_file, seed, device,
+def run(checkpoints, attacks, budget, n, subset, dataset, arch, data_root, source, out_dir, config_file, seed, device,
         threads, batch_size, save_adversarials, as_json, quiet) -> None:
     file_layer = read_yaml(config_file) if config_file else {}
     file_ckpts = file_layer.pop("checkpoints", None)
     if file_ckpts is not None and not (isinstance(file_ckpts, list) and all(isinstance(c, str) for c in file_ckpts)):
         raise ConfigError(f"config file {config_file!r}: 'checkpoints' must be a list of paths or names")
     ckpts = list(checkpoints) or list(file_ckpts or [])
-    cli_layer = dict(attacks=attacks, budget=budget, n=n, subset=subset, dataset=dataset, data_root=data_root, source=source,
+    cli_layer = dict(attacks=attacks, budget=budget, n=n, subset=subset, dataset=dataset, arch=arch,
+                     data_root=data_root, source=source,
                      seed=seed, device=device, batch_size=batch_size, save_adversarials=save_adversarials)
     defaults = {} if ckpts else {"source": "bundled", "budget": "quick"}
     where = f"config file {config_file!r}" if config_file else "options"

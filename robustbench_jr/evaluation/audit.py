@@ -101,6 +101,7 @@ class AuditConfig:
     subset: str = "first"
     batch_size: int = 50
     dataset: Optional[str] = None
+    arch: Optional[str] = None  # architecture of bare .pt/.pth/.safetensors state dicts
     data_root: Optional[str] = None
     source: str = "auto"
     device: str = "auto"
@@ -273,7 +274,8 @@ def _weights_file(path: Path) -> Path:
     return path / WEIGHTS_FILE if path.is_dir() else path
 
 
-def load_models(checkpoints: Sequence[str], dataset: Optional[str], device: torch.device) -> list[_Model]:
+def load_models(checkpoints: Sequence[str], dataset: Optional[str], device: torch.device,
+                arch: Optional[str] = None) -> list[_Model]:
     from ..models import bundled_names, load_checkpoint, resolve_checkpoint
 
     specs = [str(c) for c in checkpoints]
@@ -286,7 +288,8 @@ def load_models(checkpoints: Sequence[str], dataset: Optional[str], device: torc
     for spec in specs:
         path = resolve_checkpoint(spec)
         try:
-            model, card = load_checkpoint(spec, dataset=dataset, device=device)
+            model, card = load_checkpoint(spec, arch=arch if not Path(spec).is_dir() else None,
+                                          dataset=dataset, device=device)
         except (CheckpointError, ConfigError, InputError):
             raise
         except Exception as exc:  # a file that parses but is not a checkpoint
@@ -614,7 +617,7 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
     device = resolve_device(config.device)
 
     # --- everything that can fail on bad input happens before anything is written ---
-    models = load_models(checkpoints, config.dataset, device)
+    models = load_models(checkpoints, config.dataset, device, config.arch)
     data: dict[str, _Data] = {}
     for m in models:
         if m.dataset not in data:
