@@ -15,7 +15,6 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from torch import nn
 
 from robustbench_jr.cli.eval import main
 from robustbench_jr.models import bundled_names, make_model, save_checkpoint
@@ -28,26 +27,10 @@ SMALL = {"searches": {"cw": {"binary_search_steps": 2, "max_iterations": 30, "ab
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """The bundled lenet-mnist when installed, else a LeNet trained briefly on the bundled slice."""
-    if "lenet-mnist" in bundled_names():
-        return "lenet-mnist"
-    from robustbench_jr.data import bundled_mnist
-
-    torch.manual_seed(0)
-    model = make_model("lenet", 10, "mnist")
-    ds = bundled_mnist()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(60):
-        idx = torch.randint(0, len(ds), (64,), generator=g)
-        loss = nn.functional.cross_entropy(model(ds.pixels(idx)), ds.labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return str(save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-lenet", model,
-                               {"architecture": "lenet", "dataset": "mnist"}))
+def ckpt():
+    """The bundled lenet-mnist checkpoint (shipped inside the package)."""
+    assert "lenet-mnist" in bundled_names()
+    return "lenet-mnist"
 
 
 @pytest.fixture(scope="module")

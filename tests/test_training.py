@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,6 @@ from safetensors.torch import load_file
 
 from robustbench_jr.cli.train import main as jr_train
 from robustbench_jr.config import build_config
-from robustbench_jr.errors import ConfigError
 from robustbench_jr.training import TrainConfig, batch_indices, learning_rate, train
 from helpers_data import fake_mnist_root
 

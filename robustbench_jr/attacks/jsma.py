@@ -146,7 +146,6 @@ class JSMASearch(Search):
         cfg = self.config
         b = x.shape[0]
         dev = x.device
-        N = x[0].numel()
         s = 1.0 if cfg.theta > 0 else -1.0
         limit = torch.clamp(best_l0, max=float(max_changed))  # a target only runs while it can tie the best
         cur = x.clone().flatten(1)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .runner import AUDIT_DIR, Runner, _read_card, build_run_config, hardware, hardware_line, read_eval, sha256_file
-from .spec import Check, Column, TableSpec, check_columns, check_runs
+from .spec import Check, TableSpec, check_columns, check_runs
 
 PASS, FAIL, PENDING = "PASS", "FAIL", "PENDING"
 

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
