@@ -14,16 +14,6 @@ from robustbench_jr.data import (
 from robustbench_jr.errors import DataNotFoundError
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("JR_DATA_ROOT", raising=False)
-    return tmp_path
-
-
 def _short_str(s: bytes) -> bytes:
     return b"U" + bytes([len(s)]) + s  # SHORT_BINSTRING: a Python 2 str
 

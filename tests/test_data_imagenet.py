@@ -12,16 +12,6 @@ from robustbench_jr.errors import DataNotFoundError
 WNIDS = [f"n{i:08d}" for i in range(1000)]
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("JR_DATA_ROOT", raising=False)
-    return tmp_path
-
-
 def _img(path, colour, size=(40, 30), mode="RGB"):
     Image.new(mode, size, colour).save(path)
 

@@ -12,18 +12,6 @@ from robustbench_jr.data import mnist as mnist_mod
 from robustbench_jr.errors import ConfigError, DataNotFoundError
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    """No data anywhere: cwd, HOME and $JR_DATA_ROOT point into an empty tmp dir, no system dirs."""
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("JR_DATA_ROOT", raising=False)
-    monkeypatch.setattr(mnist_mod, "_SYSTEM_DIRS", {"mnist": [], "fashion-mnist": []})
-    return tmp_path
-
-
 def _fake_idx_dir(d, n=6, gz=False, seed=0):
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
