@@ -9,6 +9,7 @@ same final weights as an uninterrupted one (on CPU, where kernels are determinis
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -48,11 +49,15 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor
     function of (seed, epoch); a ragged tail is dropped so every batch has batch_size."""
     if batch_size == 0 or batch_size >= n:
         return torch.arange(n)
-    per_epoch = n // batch_size
-    epoch, pos = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    return perm[pos * batch_size:(pos + 1) * batch_size]
+    epoch, pos = divmod(step, n // batch_size)
+    return _epoch_permutation(n, seed, epoch)[pos * batch_size:(pos + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's seeded permutation, drawn once per epoch rather than once per step
+    (callers only slice it, never modify it)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def fgsm_perturb(model, x, y, eps_max: float, generator: torch.Generator) -> torch.Tensor:
