@@ -141,6 +141,23 @@ def test_table_runs_writes_table_and_skips_on_rerun(tmp_path, data_root):
     assert "skip" in res.output
     assert {r: (out / r / "model.safetensors").stat().st_mtime_ns for r in ("plain", "jr")} == mtimes
 
+    # an audit cap alone audits the full runs' weights: nothing retrained, audits apart
+    res = _invoke([str(root / "t1"), "--audit-n", "3", "--results", str(results), "--data-root", data_root,
+                   "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert {r: (out / r / "model.safetensors").stat().st_mtime_ns for r in ("plain", "jr")} == mtimes
+    capped = results / "t1@n3"
+    assert not (capped / "plain" / "model.safetensors").exists()
+    data = json.loads((capped / "table.json").read_text())
+    assert data["scaled"] and {r["name"]: r["status"] for r in data["runs"]} == {"plain": "done", "jr": "done"}
+    assert data["runs"][0]["cells"]["acc"] == rows["plain"]["cells"]["acc"]
+    if _audit_available():
+        from robustbench_jr.evaluation.store import ResultStore
+
+        with ResultStore(capped / "plain" / "audit", readonly=True) as st:
+            assert st.meta()["status"] == "complete"
+            assert st.meta()["config"]["n"] == 3
+
     # a changed config is refused, not overwritten
     _write(root / "t1" / "jr.yaml", dict(TINY, regularizer="jr", lam=0.25, reg_space="normalized"))
     res = CliRunner().invoke(jr_train, ["table", str(root / "t1"), "--results", str(results), "--data-root",

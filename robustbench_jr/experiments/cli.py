@@ -21,7 +21,9 @@ acceptance checks (PASS/FAIL/PENDING), steps used vs the paper's, wall times, ha
 \b
 --steps-scale F (< 1) and --max-steps N shorten every run (steps and lr_step
 alike) and --audit-n N caps the audits; such runs go to RESULTS/<table>@<scaling>/
-and never mix with full ones.
+and never mix with full ones. --audit-n alone keeps the full schedule, so its trained
+runs are the full ones in RESULTS/<table>/ (reused, or trained there); only its audits
+and table go to RESULTS/<table>@n<N>/.
 
 \b
 Examples:

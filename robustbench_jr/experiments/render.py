@@ -72,7 +72,7 @@ def collect(runner: Runner, table: TableSpec) -> dict:
     rows = []
     for r in table.runs:
         t, tr = cat.resolve(table, r.name)
-        ckpt = runner.out_dir(t) / tr.name
+        ckpt = runner.train_dir(t) / tr.name
         edir = runner.out_dir(table) / r.name
         job = runner.status(table, r)
         full_steps = build_run_config(cat, t, tr).steps
@@ -379,7 +379,7 @@ def training_curves(runner: Runner, table: TableSpec, out: Path) -> Optional[Pat
     series = []
     for r in table.runs:
         t, tr = runner.cat.resolve(table, r.name)
-        d = runner.out_dir(t) / tr.name
+        d = runner.train_dir(t) / tr.name
         f = d / "metrics.jsonl"
         if not f.is_file() or not (d / "card.yaml").is_file():
             continue

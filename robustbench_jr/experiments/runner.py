@@ -11,7 +11,9 @@ A run whose directory already holds ``card.yaml`` trained with the same resolved
 state but no card) is resumed; one with a *different* config is refused rather than
 overwritten. Audits resume by themselves (see :mod:`robustbench_jr.evaluation.audit`).
 A scaled run (``steps_scale`` < 1, ``max_steps``, ``audit_n``) writes into
-``results/<table>@<scaling>/`` so it never mixes with the full runs.
+``results/<table>@<scaling>/`` so it never mixes with the full runs. An audit cap alone
+(``@n<N>``) changes no weights: its trained runs are read from (and, when missing, trained
+into) ``results/<table>/``; only its evaluations and table go to ``@n<N>``.
 """
 
 from __future__ import annotations
@@ -64,13 +66,15 @@ class Scaling:
     def is_full(self) -> bool:
         return self.steps_scale == 1 and self.max_steps is None and self.audit_n is None
 
-    def suffix(self) -> str:
+    def suffix(self, training_only: bool = False) -> str:
+        """``@scale0.1-max20-n50`` and the like ("" when full). ``training_only``: the part
+        that changes what is trained — an audit cap alone reuses the full runs' weights."""
         parts = []
         if self.steps_scale != 1:
             parts.append(f"scale{self.steps_scale:g}")
         if self.max_steps is not None:
             parts.append(f"max{self.max_steps}")
-        if self.audit_n is not None:
+        if self.audit_n is not None and not training_only:
             parts.append(f"n{self.audit_n}")
         return "" if not parts else "@" + "-".join(parts)
 
@@ -123,8 +127,8 @@ class RunnerOptions:
     progress: bool = True
 
 
-def results_dir(results: Path, table: str, scaling: Scaling) -> Path:
-    return Path(results) / f"{table}{scaling.suffix()}"
+def results_dir(results: Path, table: str, scaling: Scaling, training_only: bool = False) -> Path:
+    return Path(results) / f"{table}{scaling.suffix(training_only)}"
 
 
 # ---------------------------------------------------------------------------
@@ -250,11 +254,17 @@ class Runner:
 
     # -- paths --
     def out_dir(self, table: TableSpec) -> Path:
+        """Where the table's evaluations (audits, table.md) go."""
         return results_dir(self.opt.results, table.name, self.opt.scaling)
+
+    def train_dir(self, table: TableSpec) -> Path:
+        """Where the table's trained runs live: with only ``--audit-n`` given these are the
+        full runs (same weights), so capped audits never retrain anything."""
+        return results_dir(self.opt.results, table.name, self.opt.scaling, training_only=True)
 
     def ckpt_dir(self, table: TableSpec, run: RunSpec) -> Path:
         t, r = self.cat.resolve(table, run.name)
-        return self.out_dir(t) / r.name
+        return self.train_dir(t) / r.name
 
     def config(self, table: TableSpec, run: RunSpec):
         return build_run_config(self.cat, table, run, self.opt.device, self.opt.data_root, self.opt.scaling)
@@ -263,7 +273,7 @@ class Runner:
     def status(self, table: TableSpec, run: RunSpec) -> TrainJob:
         """Where the trained run behind ``run`` stands, without training anything."""
         t, r = self.cat.resolve(table, run.name)
-        out = self.out_dir(t) / r.name
+        out = self.train_dir(t) / r.name
         job = TrainJob(t, r, out)
         cfg = to_dict(self.config(t, r))
         parent_sha = None
