@@ -330,3 +330,16 @@ def test_acceptance_checks_of_the_issue_are_present():
     assert any(c.kind == "ratio" and c.params["min"] == 1.4 and c.acceptance and c.column == "rho"
                for c in jg.checks)
     assert jg.column("rho").metric == "audit.deepfool.rho_adv"
+
+
+def test_columns_a_run_never_measures_are_dashes_not_pending():
+    from robustbench_jr.experiments.render import _cell, _not_measured
+
+    assert _not_measured("audit.cw.d50", True, {"noise"})            # its audit skips CW
+    assert not _not_measured("audit.noise.d50", True, {"noise"})
+    assert not _not_measured("audit.noise_accuracy@0.5", True, {"noise"})
+    assert _not_measured("audit.noise_accuracy@0.5", True, {"cw"})
+    assert _not_measured("audit.deepfool.rho_adv", False, set())     # no audit at all
+    assert not _not_measured("test_accuracy", False, set())
+    assert _cell({"ours": None, "not_measured": True}, 2) == "–"
+    assert _cell({"ours": None}, 2) == "pending"

@@ -114,9 +114,12 @@ def collect(runner: Runner, table: TableSpec) -> dict:
                 notes.append(f"audit {audit_state}")
             metrics.update(am)
         cells = {}
+        searched = set(runner.audit_config(r).attacks) if r.audit is not None else set()
         for c in table.columns:
             v = metric_value(metrics, c.metric)
             cells[c.key] = {"ours": None if v is None else v * c.scale, "paper": r.paper.get(c.key)}
+            if _not_measured(c.metric, r.audit is not None, searched):
+                cells[c.key]["not_measured"] = True
         how = "trained here" if r.use is None else f"uses {t.name}/{tr.name}"
         if tr.finetune_from:
             how += f" (post-processing of {tr.finetune_from})"
@@ -142,6 +145,25 @@ def collect(runner: Runner, table: TableSpec) -> dict:
 # ---------------------------------------------------------------------------
 # checks
 # ---------------------------------------------------------------------------
+
+def _not_measured(metric: str, audited: bool, searched: set) -> bool:
+    """A column this run never produces (by design, not yet): an audit metric of a run
+    without an audit, or of a search its audit does not run."""
+    if not metric.startswith("audit."):
+        return False
+    if not audited:
+        return True
+    name = metric.split(".")[1].split("@")[0]
+    if name == "noise_accuracy":
+        name = "noise"
+    from ..attacks import SEARCHES
+
+    return name in SEARCHES and name not in searched
+
+
+def _cell(cell: dict, digits: int) -> str:
+    return "–" if cell.get("not_measured") else _fmt(cell["ours"], digits)
+
 
 def _fmt(v: Optional[float], digits: int = 2) -> str:
     if v is None:
@@ -303,7 +325,7 @@ def markdown(data: dict, table: TableSpec) -> str:
         cells = [_md(row["label"])]
         for c in cols:
             cell = row["cells"][c.key]
-            cells.append(_fmt(cell["ours"], c.digits))
+            cells.append(_cell(cell, c.digits))
             if c.key in with_paper:
                 cells.append("–" if cell["paper"] is None else f"{cell['paper']:g}")
         steps = row["steps"] if row["steps"] is not None else f"({row['steps_planned']} planned)"
@@ -312,6 +334,8 @@ def markdown(data: dict, table: TableSpec) -> str:
                   _md(row["device"] or "–"), row["status"] + (f" — {'; '.join(row['notes'])}" if row["notes"] else "")]
         lines.append("| " + " | ".join(_md(x) for x in cells) + " |")
     lines.append("")
+    if any(cell.get("not_measured") for r in data["runs"] for cell in r["cells"].values()):
+        lines += ["– : not measured for that run (its audit does not run that search).", ""]
     lines.append("Run directories: " + ", ".join(f"`{r['name']}` → {r['source']}" for r in data["runs"]) + ".")
     lines.append("")
 
@@ -330,7 +354,7 @@ def markdown(data: dict, table: TableSpec) -> str:
                     continue
                 cell = match[0]["cells"][col.key]
                 paper = "–" if cell["paper"] is None else f"{cell['paper']:g}"
-                cells.append(f"{_fmt(cell['ours'], col.digits)} / {paper}")
+                cells.append(f"{_cell(cell, col.digits)} / {paper}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
 
