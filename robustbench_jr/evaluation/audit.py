@@ -37,6 +37,7 @@ import yaml
 from .. import __version__
 from ..config import to_dict
 from ..errors import CheckpointError, ConfigError, DataNotFoundError, InputError
+from ..models.checkpoint import sha256_file
 from .metrics import SAMPLES_NOTE, order_violations, summarize
 from .store import ResultStore
 
@@ -186,14 +187,6 @@ def resolve_device(spec: Optional[str]) -> torch.device:
         raise ConfigError(f"invalid device {spec!r}; use auto, cpu, cuda or cuda:N") from None
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
 
@@ -295,7 +288,7 @@ def load_models(checkpoints: Sequence[str], dataset: Optional[str], device: torc
         except Exception as exc:  # a file that parses but is not a checkpoint
             raise CheckpointError(f"{spec}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
         weights = _weights_file(path)
-        sha = _sha256_file(weights) if weights.is_file() else ""
+        sha = sha256_file(weights) if weights.is_file() else ""
         loaded.append((spec, path, model, card, sha))
     names = _unique_names([model_name(s, p) for s, p, *_ in loaded])
     out = []

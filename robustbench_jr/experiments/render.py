@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .runner import AUDIT_DIR, Runner, _read_card, build_run_config, hardware, hardware_line, read_eval, sha256_file
+from ..models.checkpoint import sha256_file
+from .runner import AUDIT_DIR, Runner, _read_card, build_run_config, hardware, hardware_line, read_eval
 from .spec import Check, TableSpec, check_columns, check_runs
 
 PASS, FAIL, PENDING = "PASS", "FAIL", "PENDING"

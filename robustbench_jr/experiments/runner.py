@@ -18,7 +18,6 @@ into) ``results/<table>/``; only its evaluations and table go to ``@n<N>``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,7 @@ import yaml
 from ..config import build_config, read_yaml, to_dict
 from ..training.config import build_train_config
 from ..errors import ConfigError
+from ..models.checkpoint import sha256_file
 from .spec import Catalog, RunSpec, TableSpec, load_table, table_dirs
 
 #: TrainConfig fields that place a run but do not change its results
@@ -178,14 +178,6 @@ def _comparable(cfg_dict: dict) -> dict:
 def config_differences(old: dict, new: dict) -> list[str]:
     a, b = _comparable(old), _comparable(new)
     return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_card(d: Path) -> Optional[dict]:

@@ -12,6 +12,7 @@ that needs arbitrary unpickling is refused and no code from it runs.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import pickle
 from importlib import resources
@@ -241,3 +242,12 @@ def load_checkpoint(
     load_state_into(model.net, state, str(weights))
     model.eval()
     return model.to(device), card
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file (a checkpoint's weights), read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
