@@ -343,3 +343,27 @@ def test_columns_a_run_never_measures_are_dashes_not_pending():
     assert not _not_measured("test_accuracy", False, set())
     assert _cell({"ours": None, "not_measured": True}, 2) == "–"
     assert _cell({"ours": None}, 2) == "pending"
+
+
+def test_training_curves_figure_is_drawn_from_the_held_out_evaluations(tmp_path, data_root):
+    root = tmp_path / "experiments" / "fig"
+    for name, reg in (("n1", {"regularizer": "jr", "lam": 0.5}), ("exact", {"regularizer": "jr-exact", "lam": 0.5})):
+        _write(root / f"{name}.yaml", dict(TINY, eval_every=4, reg_space="normalized", **reg))
+    _write(root / "table.yaml", {
+        "title": "curves", "report": False, "figures": ["training_curves"],
+        "columns": [{"key": "acc", "label": "acc", "metric": "test_accuracy", "scale": 100}],
+        "runs": [{"name": "n1", "label": "JR, n_proj = 1"}, {"name": "exact", "label": "JR, exact"}],
+    })
+    results = tmp_path / "results"
+    res = _invoke([str(root), "--results", str(results), "--data-root", data_root, "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    png = results / "fig" / "training_curves.png"
+    assert png.is_file() and (results / "fig" / "training_curves.svg").is_file()
+    data = json.loads((results / "fig" / "table.json").read_text())
+    assert data["figures"] == [str(png)]
+    # one curve per run, each with the held-out points of its metrics.jsonl (steps 4 and 8)
+    svg = (results / "fig" / "training_curves.svg").read_text()
+    assert "JR, n_proj = 1" in svg and "JR, exact" in svg
+    for run in ("n1", "exact"):
+        pts = [json.loads(x) for x in (results / "fig" / run / "metrics.jsonl").read_text().splitlines()]
+        assert [p["step"] for p in pts if "heldout_acc" in p] == [4, 8]
