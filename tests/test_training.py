@@ -148,8 +148,10 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, data_root):
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    killed_at = torch.load(state, weights_only=True)["step"]
+    killed = torch.load(state, weights_only=True)
+    killed_at = killed["step"]
     assert killed_at < 120, "the run finished before it could be killed"
+    assert killed["elapsed"] > 0
     assert not (out / "model.safetensors").exists()
 
     res = subprocess.run(cmd(out, "--resume"), env=env, capture_output=True, text=True)
@@ -158,6 +160,11 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, data_root):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # the card's training time counts the time before the kill too, and the metrics' clock goes on
+    card = yaml.safe_load((out / "card.yaml").read_text())
+    assert card["training"]["wall_time_s"] >= round(killed["elapsed"], 1)
+    times = [json.loads(x)["time"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert times[-1] >= killed["elapsed"]
 
 
 def test_refuses_to_overwrite_or_resume_with_other_config(tmp_path, data_root):

@@ -229,13 +229,16 @@ def train(
             "step": step, "config": to_dict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
             "reg_gen": reg_gen.get_state(), "adv_gen": adv_gen.get_state(), "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "elapsed": time.time() - t0,
         }, state_path)
 
     metrics_f = open(out / METRICS_FILE, "a")
     n_adv = int(round(cfg.adv_fraction * bs))
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, ce, reg, correct
     count = 0
-    t0 = time.time()
+    # training time so far: a resumed run goes on counting from its last saved state (the time
+    # while it was stopped, and the steps redone after it, are not counted twice)
+    t0 = time.time() - (float(saved.get("elapsed", 0.0)) if saved is not None else 0.0)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
