@@ -429,6 +429,10 @@ def training_curves(runner: Runner, table: TableSpec, out: Path) -> Optional[Pat
     axes[1].set_xlabel("step")
     axes[1].set_ylabel(f"mean ‖J‖_F ({series[0][4]})")
     axes[1].set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter  # plain numbers on the log axis, not 9×10⁻¹
+
+    for fmt in (axes[1].yaxis.set_major_formatter, axes[1].yaxis.set_minor_formatter):
+        fmt(FormatStrFormatter("%.3g"))
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{table.title}: held-out samples during training", fontsize=10)
     fig.tight_layout()
