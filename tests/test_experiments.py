@@ -367,3 +367,12 @@ def test_training_curves_figure_is_drawn_from_the_held_out_evaluations(tmp_path,
     for run in ("n1", "exact"):
         pts = [json.loads(x) for x in (results / "fig" / run / "metrics.jsonl").read_text().splitlines()]
         assert [p["step"] for p in pts if "heldout_acc" in p] == [4, 8]
+
+
+def test_check_details_show_enough_digits_to_tell_compared_values_apart():
+    from robustbench_jr.experiments.render import _telling_digits
+
+    assert _telling_digits([(64.13, 64.09)], 1) == 2          # "64.13 > 64.09", not "64.1 > 64.1"
+    assert _telling_digits([(83.3, 80.1)], 1) == 1            # already apart: unchanged
+    assert _telling_digits([(0.5, 0.5)], 2) == 2              # a true tie stays as it is
+    assert _telling_digits([(1.00001, 1.0)], 1) == 4          # at most 3 more digits

@@ -176,6 +176,15 @@ def _fmt(v: Optional[float], digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
+def _telling_digits(pairs, digits: int) -> int:
+    """Digits (at most 3 more than ``digits``) at which the compared values of ``pairs`` show as
+    different numbers, so a detail never reads "64.1 > 64.1" when 64.13 > 64.09 decided it."""
+    d = digits
+    while d < digits + 3 and any(a != b and _fmt(a, d) == _fmt(b, d) for a, b in pairs):
+        d += 1
+    return d
+
+
 def evaluate_check(check: Check, table: TableSpec, rows: dict) -> dict:
     p = check.params
     col = table.column(check.column)
@@ -237,6 +246,7 @@ def evaluate_check(check: Check, table: TableSpec, rows: dict) -> dict:
             vals = [v for _, v in items]
             ok = all((x < y) if incr else (x > y) for x, y in zip(vals, vals[1:]))
             status = PASS if ok else FAIL
+            d = _telling_digits(list(zip(vals, vals[1:])), d)
             detail = sign.join(f"{n} {_fmt(v, d)}" for n, v in items)
             if "run" in p:
                 detail = f"{p['run']}: " + detail
@@ -248,6 +258,7 @@ def evaluate_check(check: Check, table: TableSpec, rows: dict) -> dict:
         else:
             ok = min(v for _, v in hi) > max(v for _, v in lo)
             status = PASS if ok else FAIL
+            d = _telling_digits([(min(v for _, v in hi), max(v for _, v in lo))], d)
             detail = (f"min({', '.join(f'{n} {_fmt(v, d)}' for n, v in hi)}) > "
                       f"max({', '.join(f'{n} {_fmt(v, d)}' for n, v in lo)})")
     elif check.kind == "spread":
