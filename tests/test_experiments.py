@@ -91,7 +91,9 @@ def _tiny_tables(root: Path, audit: bool = False) -> Path:
         "title": "tiny post-processing",
         "columns": [{"key": "acc", "label": "acc", "metric": "test_accuracy", "scale": 100}]
         + ([{"key": "shift", "label": "digits", "metric": "domain_shift_accuracy", "scale": 100}] if shift else []),
-        "runs": [dict({"name": "base", "use": "t1/plain"}, **({"domain_shift": "digits"} if shift else {})),
+        "runs": [dict({"name": "base", "use": "t1/plain"}, **({"domain_shift": "digits"} if shift else {}),
+                      **({"audit": {"attacks": ["noise"], "n": 4, "batch_size": 4, "noise_sigmas": [0.0, 0.5]}}
+                         if audit else {})),
                  {"name": "post", "finetune_from": "base"}],
         "checks": [{"kind": "compare", "column": "acc", "higher": ["post"], "lower": ["base"],
                     "acceptance": False}],
@@ -168,7 +170,7 @@ def test_table_runs_writes_table_and_skips_on_rerun(tmp_path, data_root):
 
 
 def test_use_and_finetune_across_tables_and_scaled_results(tmp_path, data_root):
-    root = _tiny_tables(tmp_path / "experiments")
+    root = _tiny_tables(tmp_path / "experiments", audit=_audit_available())
     results = tmp_path / "results"
     opts = RunnerOptions(results=results, scaling=Scaling(steps_scale=0.5), device="cpu", data_root=data_root,
                          progress=False)
@@ -200,6 +202,9 @@ def test_use_and_finetune_across_tables_and_scaled_results(tmp_path, data_root):
         base_row = data["runs"][0]
         assert base_row["cells"]["shift"]["ours"] == pytest.approx(100 * ev["domain_shift"]["digits"]["accuracy"])
     assert "Scaled run" in (results / "t2@scale0.5" / "table.md").read_text()
+    if _audit_available():  # the report names the reused checkpoint as this table does: base, not plain
+        summary = json.loads((results / "t2@scale0.5" / "report" / "summary.json").read_text())
+        assert [c["checkpoint"] for c in summary["checkpoints"]] == ["base"]
 
 
 def test_dry_run_and_max_steps_change_nothing(tmp_path, data_root):

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from robustbench_jr.cli.report_cmds import register
+from robustbench_jr.errors import InputError
 from robustbench_jr.evaluation.store import ResultStore
 from robustbench_jr.reports import curves
 from robustbench_jr.reports.report import write_report
@@ -172,6 +173,22 @@ def test_several_runs_side_by_side(tmp_path):
     head, body = __import__("robustbench_jr.reports.tables", fromlist=["pivot_rows"]).pivot_rows(rep.summary)
     assert head == ["Search", "a/run/m", "b/run/m", "other"]
     assert body[0][1].startswith("0.1700") and body[0][2].startswith("0.3400")
+
+
+def test_given_run_names_label_the_checkpoints(tmp_path):
+    """An experiment table's audits all live in directories called ``audit``, and a reused
+    checkpoint is named after the run it came from: with names given, the legends and
+    tables use the table's run names instead."""
+    a = make_run(tmp_path / "base-jr" / "audit", models=("all",), searches=("cw",))
+    b = make_run(tmp_path / "base" / "audit", models=("base",), searches=("cw",), scale=2.0)
+    c = make_run(tmp_path / "two" / "audit", models=("m", "n"), searches=("cw",))
+    rep = write_report([a, b, c], tmp_path / "out", names=["base-jr", "base", "two"])
+    assert [ck["checkpoint"] for ck in rep.summary["checkpoints"]] == ["base-jr", "base", "two/m", "two/n"]
+    assert (tmp_path / "out" / "error_vs_l2_model_base-jr.png").is_file()
+    assert [r["name"] for r in rep.summary["runs"]] == ["base-jr", "base", "two"]
+    for bad in (["x"], ["x", "x", "y"], ["x", "", "y"]):
+        with pytest.raises(InputError, match="distinct non-empty names"):
+            write_report([a, b, c], tmp_path / "bad", names=bad)
 
 
 def test_report_cli(tmp_path):

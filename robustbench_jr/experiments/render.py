@@ -458,13 +458,16 @@ def write_outputs(runner: Runner, table: TableSpec, data: dict) -> None:
     out = runner.out_dir(table)
     out.mkdir(parents=True, exist_ok=True)
     if table.report:
-        audits = [str(out / r.name / AUDIT_DIR) for r in table.runs
-                  if r.audit is not None and (out / r.name / AUDIT_DIR / "results.sqlite").is_file()]
-        if audits:
+        audited = [r.name for r in table.runs
+                   if r.audit is not None and (out / r.name / AUDIT_DIR / "results.sqlite").is_file()]
+        if audited:
             try:
                 from ..reports.report import write_report
 
-                write_report(audits, out / "report", title=table.title)
+                # legends name each model as the table does (a reused checkpoint is not
+                # shown under the name of the run it came from)
+                write_report([str(out / n / AUDIT_DIR) for n in audited], out / "report", title=table.title,
+                             names=audited)
                 data["report"] = str(out / "report" / "report.html")
             except Exception as exc:  # the table must not be lost over a figure
                 data["report_error"] = f"{type(exc).__name__}: {exc}"

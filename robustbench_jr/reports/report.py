@@ -24,13 +24,15 @@ class Report:
         return self.files["report.html"]
 
 
-def write_report(run_dirs, out_dir: str | Path, log_x: bool = False, title: Optional[str] = None) -> Report:
+def write_report(run_dirs, out_dir: str | Path, log_x: bool = False, title: Optional[str] = None,
+                 names: Optional[list[str]] = None) -> Report:
     """Read the stored results of ``run_dirs`` and write into ``out_dir``:
 
     ``report.html`` (self-contained), ``summary.json``/``.csv``/``.md`` and every
-    figure as ``.png`` and ``.svg``. Nothing is re-attacked.
+    figure as ``.png`` and ``.svg``. Nothing is re-attacked. ``names``: display names of
+    the runs (see :func:`~robustbench_jr.reports.runs.load_runs`).
     """
-    runs = load_runs(run_dirs)
+    runs = load_runs(run_dirs, names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = tables.build_summary(runs)

@@ -125,16 +125,30 @@ def load_run(run_dir: str | Path, name: Optional[str] = None) -> RunData:
     return run
 
 
-def load_runs(run_dirs) -> list[RunData]:
+def load_runs(run_dirs, names: Optional[list[str]] = None) -> list[RunData]:
     """Load several runs and give every checkpoint a unique display label.
 
-    A checkpoint keeps its model name when that is unique across the runs,
-    otherwise it is shown as ``RUN/MODEL``. Run names are the directory names,
-    made unique with their parents when two are equal.
+    Run names are the directory names, made unique with their parents when two are
+    equal, unless ``names`` gives one (unique) name per run — e.g. the run names of an
+    experiment table, whose audits all live in directories called ``audit``. With given
+    names, a run's only checkpoint is shown under its run's name (a table run that reuses
+    another run's checkpoint is then labelled as the table calls it, not after the
+    checkpoint's directory). Otherwise a checkpoint keeps its model name when that is
+    unique across the runs and is shown as ``RUN/MODEL`` when not.
     """
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
         raise InputError("no RUN_DIR given; pass one or more run directories written by `jr-eval run --out DIR`")
+    if names is not None:
+        names = [str(n) for n in names]
+        if len(names) != len(dirs) or len(set(names)) != len(names) or not all(names):
+            raise InputError(f"run names must be {len(dirs)} distinct non-empty names, one per run directory; "
+                             f"got {names!r}")
+        runs = [load_run(d, n) for d, n in zip(dirs, names)]
+        for r in runs:
+            for m in r.models:
+                m.label = r.name if len(r.models) == 1 else f"{r.name}/{m.name}"
+        return runs
     base = [d.resolve().name for d in dirs]
     names = ["/".join(d.resolve().parts[-2:]) if base.count(b) > 1 else b for d, b in zip(dirs, base)]
     for i in range(len(names)):
