@@ -186,6 +186,14 @@ def test_given_run_names_label_the_checkpoints(tmp_path):
     assert [ck["checkpoint"] for ck in rep.summary["checkpoints"]] == ["base-jr", "base", "two/m", "two/n"]
     assert (tmp_path / "out" / "error_vs_l2_model_base-jr.png").is_file()
     assert [r["name"] for r in rep.summary["runs"]] == ["base-jr", "base", "two"]
+    # re-written with other names: the old per-model figures go, files the report did not write stay
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    write_report([a, b, c], tmp_path / "out", names=["jr", "base", "two"])
+    assert not (tmp_path / "out" / "error_vs_l2_model_base-jr.png").exists()
+    assert not (tmp_path / "out" / "error_vs_l2_model_base-jr.svg").exists()
+    assert (tmp_path / "out" / "error_vs_l2_model_jr.png").is_file()
+    assert (tmp_path / "out" / "error_vs_l2_model_base.png").is_file()
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
     for bad in (["x"], ["x", "x", "y"], ["x", "", "y"]):
         with pytest.raises(InputError, match="distinct non-empty names"):
             write_report([a, b, c], tmp_path / "bad", names=bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -35,6 +36,7 @@ def write_report(run_dirs, out_dir: str | Path, log_x: bool = False, title: Opti
     runs = load_runs(run_dirs, names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stale = _previous_figure_files(out)
     summary = tables.build_summary(runs)
     figures = make_figures(runs, log_x=log_x)
     title = title or ("Robustness report — " + ", ".join(r.name for r in runs))
@@ -61,4 +63,16 @@ def write_report(run_dirs, out_dir: str | Path, log_x: bool = False, title: Opti
         rep.files[name] = p
     for f in figures:  # free figure memory
         f.fig.clear()
+    for name in stale - set(rep.files):  # figures of an earlier report that this one no longer draws
+        (out / name).unlink(missing_ok=True)
     return rep
+
+
+def _previous_figure_files(out: Path) -> set[str]:
+    """The figure files an earlier report in ``out`` listed in its summary.json (only
+    those: nothing else in the folder is touched)."""
+    try:
+        figs = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("figures", [])
+        return {Path(f[k]).name for f in figs for k in ("png", "svg") if isinstance(f.get(k), str)}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
