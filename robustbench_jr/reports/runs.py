@@ -139,26 +139,24 @@ def load_runs(run_dirs, names: Optional[list[str]] = None) -> list[RunData]:
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
         raise InputError("no RUN_DIR given; pass one or more run directories written by `jr-eval run --out DIR`")
-    if names is not None:
+    given = names is not None
+    if given:
         names = [str(n) for n in names]
         if len(names) != len(dirs) or len(set(names)) != len(names) or not all(names):
             raise InputError(f"run names must be {len(dirs)} distinct non-empty names, one per run directory; "
                              f"got {names!r}")
-        runs = [load_run(d, n) for d, n in zip(dirs, names)]
-        for r in runs:
-            for m in r.models:
-                m.label = r.name if len(r.models) == 1 else f"{r.name}/{m.name}"
-        return runs
-    base = [d.resolve().name for d in dirs]
-    names = ["/".join(d.resolve().parts[-2:]) if base.count(b) > 1 else b for d, b in zip(dirs, base)]
-    for i in range(len(names)):
-        if names.count(names[i]) > 1:
-            names[i] = f"{names[i]}#{i + 1}"
+    else:
+        base = [d.resolve().name for d in dirs]
+        names = ["/".join(d.resolve().parts[-2:]) if base.count(b) > 1 else b for d, b in zip(dirs, base)]
+        for i in range(len(names)):
+            if names.count(names[i]) > 1:
+                names[i] = f"{names[i]}#{i + 1}"
     runs = [load_run(d, n) for d, n in zip(dirs, names)]
     all_names = [m.name for r in runs for m in r.models]
     for r in runs:
         for m in r.models:
-            m.label = m.name if all_names.count(m.name) == 1 else f"{r.name}/{m.name}"
+            alone = len(r.models) == 1 if given else all_names.count(m.name) == 1
+            m.label = (r.name if given else m.name) if alone else f"{r.name}/{m.name}"
     return runs
 
 
