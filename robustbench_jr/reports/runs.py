@@ -155,8 +155,10 @@ def load_runs(run_dirs, names: Optional[list[str]] = None) -> list[RunData]:
     all_names = [m.name for r in runs for m in r.models]
     for r in runs:
         for m in r.models:
-            alone = len(r.models) == 1 if given else all_names.count(m.name) == 1
-            m.label = (r.name if given else m.name) if alone else f"{r.name}/{m.name}"
+            if given:
+                m.label = r.name if len(r.models) == 1 else f"{r.name}/{m.name}"
+            else:
+                m.label = m.name if all_names.count(m.name) == 1 else f"{r.name}/{m.name}"
     return runs
 
 
