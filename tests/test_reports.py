@@ -199,6 +199,28 @@ def test_given_run_names_label_the_checkpoints(tmp_path):
             write_report([a, b, c], tmp_path / "bad", names=bad)
 
 
+def test_more_checkpoints_than_colours_stay_distinguishable(tmp_path):
+    """Past the 8 palette colours a checkpoint gets the colour of an earlier one with another
+    dash pattern (curves) and hatch (bars): no two of 10 checkpoints are drawn alike."""
+    from robustbench_jr.reports.plots import make_figures
+    from robustbench_jr.reports.runs import load_runs
+
+    names = tuple(f"m{i}" for i in range(10))
+    figs = {f.name: f for f in make_figures(load_runs([make_run(tmp_path / "run", models=names)]))}
+    lines = figs["error_vs_l2_cw"].fig.axes[0].get_lines()
+    assert [ln.get_label().split()[0] for ln in lines] == list(names)
+    styles = [(ln.get_color(), ln.get_linestyle()) for ln in lines]
+    assert len(set(styles)) == 10, styles
+    assert lines[0].get_color() == lines[8].get_color() and lines[0].get_linestyle() == "-" != lines[8].get_linestyle()
+    noise = figs["noise_accuracy_vs_sigma"].fig.axes[0].get_lines()
+    assert len({(ln.get_color(), ln.get_linestyle()) for ln in noise}) == 10
+    bars = figs["rho_adv_by_search"].fig.axes[0].patches
+    per_model = len(bars) // 10
+    looks = {(tuple(b.get_facecolor()), b.get_hatch()) for b in bars[::per_model]}
+    assert len(looks) == 10
+    write_report([tmp_path / "run"], tmp_path / "out")  # and the report is written with them
+
+
 def test_report_cli(tmp_path):
     run = make_run(tmp_path / "run", searches=("cw", "fgsm"), noise=False)
     res = CliRunner().invoke(cli(), ["report", str(run), "--out", str(tmp_path / "o"), "--json", "--log-x"])

@@ -76,8 +76,27 @@ def slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-").lower() or "x"
 
 
+@dataclass(frozen=True)
+class CheckpointStyle:
+    """How one checkpoint is drawn. Past the 8 colours the palette repeats with another dash
+    pattern (curves) and hatch (bars), so every checkpoint of a report stays distinguishable."""
+    color: str
+    linestyle: object
+    hatch: Optional[str]
+
+
+_DASHES = ["-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2))]
+_HATCHES = [None, "///", "...", "xxx"]
+
+
+def checkpoint_styles(models: list[ModelData]) -> dict[int, CheckpointStyle]:
+    n = len(CHECKPOINT_COLORS)
+    return {id(m): CheckpointStyle(CHECKPOINT_COLORS[i % n], _DASHES[i // n % len(_DASHES)],
+                                   _HATCHES[i // n % len(_HATCHES)]) for i, m in enumerate(models)}
+
+
 def checkpoint_colors(models: list[ModelData]) -> dict[int, str]:
-    return {id(m): CHECKPOINT_COLORS[i % len(CHECKPOINT_COLORS)] for i, m in enumerate(models)}
+    return {k: st.color for k, st in checkpoint_styles(models).items()}
 
 
 def search_color(name: str, extra: dict) -> str:
@@ -136,7 +155,7 @@ def _legend(ax, n):
     ax.legend(loc="lower right" if n <= 6 else "center left", bbox_to_anchor=None if n <= 6 else (1.0, 0.5))
 
 
-def fig_error_by_search(models: list[ModelData], search: str, colors: dict, log_x: bool) -> ReportFigure:
+def fig_error_by_search(models: list[ModelData], search: str, styles: dict, log_x: bool) -> ReportFigure:
     have = [m for m in models if search in m.results]
     dists = [m.results[search]["l2"] for m in have]
     xmax, mp = _x_limit(dists), _min_pos(dists)
@@ -145,7 +164,7 @@ def fig_error_by_search(models: list[ModelData], search: str, colors: dict, log_
     for m in have:
         r = m.results[search]
         rho = curves.rho_adv(r["l2"], r["x_norm"], r["fooled"])
-        _step(ax, r["l2"], xmax, log_x, color=colors[id(m)], label=f"{m.label}  (ρ̂_adv {float(rho):.3f}, N={len(r['l2'])})")
+        _step(ax, r["l2"], xmax, log_x, color=styles[id(m)].color, ls=styles[id(m)].linestyle, label=f"{m.label}  (ρ̂_adv {float(rho):.3f}, N={len(r['l2'])})")
     _finish_distance_axes(ax, xmax, log_x, L2_LABEL + (" (log scale)" if log_x else ""),
                           "test error (fraction of N samples)", mp)
     ax.set_title(f"Test error vs L2 fooling distance — {search_label(search)}")
@@ -173,7 +192,7 @@ def fig_error_by_model(m: ModelData, color_of_search, log_x: bool, xlim: Optiona
     return ReportFigure(f"error_vs_l2_model_{slug(m.label)}", f"All searches on {m.label}", cap, fig, "checkpoints")
 
 
-def fig_noise(models: list[ModelData], colors: dict) -> Optional[ReportFigure]:
+def fig_noise(models: list[ModelData], styles: dict) -> Optional[ReportFigure]:
     have = [m for m in models if m.noise]
     if not have:
         return None
@@ -181,7 +200,7 @@ def fig_noise(models: list[ModelData], colors: dict) -> Optional[ReportFigure]:
     ax = fig.add_subplot()
     for m in have:
         s, a, _ = zip(*m.noise)
-        ax.plot(s, a, marker="o", ms=4, color=colors[id(m)], label=m.label)
+        ax.plot(s, a, marker="o", ms=4, color=styles[id(m)].color, ls=styles[id(m)].linestyle, label=m.label)
     ax.set_xlabel("white-noise σ (per pixel, [0,1] pixel space, clipped)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(-0.02, 1.02)
@@ -193,7 +212,7 @@ def fig_noise(models: list[ModelData], colors: dict) -> Optional[ReportFigure]:
     return ReportFigure("noise_accuracy_vs_sigma", "Accuracy vs white-noise σ", cap, fig, "accuracy")
 
 
-def fig_eps(models: list[ModelData], kind: str, colors: dict) -> Optional[ReportFigure]:
+def fig_eps(models: list[ModelData], kind: str, styles: dict) -> Optional[ReportFigure]:
     pairs = [(m, s) for m in models for s in m.results if search_kind(s) == kind]
     if not pairs:
         return None
@@ -210,7 +229,7 @@ def fig_eps(models: list[ModelData], kind: str, colors: dict) -> Optional[Report
     xmax = _x_limit(xs)
     multi = len({s for _, s in pairs}) > 1
     for (m, s), e in zip(pairs, xs):
-        _step(ax, e, xmax, False, flip=True, color=colors[id(m)],
+        _step(ax, e, xmax, False, flip=True, color=styles[id(m)].color, ls=styles[id(m)].linestyle,
               label=m.label + (f" ({search_label(s)})" if multi else ""))
     if kind == "fgsm":
         ax.set_xlabel("ε = L∞ size of the FGSM step ([0,1] pixel space)")
@@ -234,7 +253,7 @@ def fig_eps(models: list[ModelData], kind: str, colors: dict) -> Optional[Report
     return ReportFigure(name, title, cap, fig, "accuracy")
 
 
-def fig_rho_bars(models: list[ModelData], colors: dict) -> Optional[ReportFigure]:
+def fig_rho_bars(models: list[ModelData], styles: dict) -> Optional[ReportFigure]:
     searches = order_searches(s for m in models for s in m.results)
     if not searches:
         return None
@@ -247,7 +266,9 @@ def fig_rho_bars(models: list[ModelData], colors: dict) -> Optional[ReportFigure
             r = m.results.get(s)
             vals.append(float(curves.rho_adv(r["l2"], r["x_norm"], r["fooled"])) if r is not None else np.nan)
         pos = np.arange(len(searches)) + (i - (len(models) - 1) / 2) * width
-        bars = ax.bar(pos, np.nan_to_num(vals), width * 0.92, color=colors[id(m)], label=m.label)
+        st = styles[id(m)]
+        bars = ax.bar(pos, np.nan_to_num(vals), width * 0.92, color=st.color, hatch=st.hatch,
+                      edgecolor="white" if st.hatch else None, linewidth=0, label=m.label)
         for b, v in zip(bars, vals):
             if not np.isnan(v):
                 ax.annotate(f"{v:.3f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
@@ -258,7 +279,10 @@ def fig_rho_bars(models: list[ModelData], colors: dict) -> Optional[ReportFigure
     ax.set_title("ρ̂_adv by search")
     top = np.nanmax([p.get_height() for p in ax.patches]) if ax.patches else 1.0
     ax.set_ylim(0, 1.18 * top)
-    ax.legend(loc="upper right", ncols=min(4, len(models)))
+    if len(models) <= 4:  # one legend row fits the headroom above the bars
+        ax.legend(loc="upper right", ncols=len(models))
+    else:  # more rows would cover the bars and their labels: beside the axes instead
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), ncols=1 + (len(models) - 1) // 12)
     cap = ("ρ̂_adv per search and checkpoint: mean of ‖δ_i‖₂/‖x_i‖₂ over the samples each search fooled "
            "(larger is more robust; see the table for how many samples each bar averages).")
     return ReportFigure("rho_adv_by_search", "ρ̂_adv by search", cap, fig, "overview", wide=True)
@@ -266,16 +290,16 @@ def fig_rho_bars(models: list[ModelData], colors: dict) -> Optional[ReportFigure
 
 def make_figures(runs: list[RunData], log_x: bool = False) -> list[ReportFigure]:
     models = all_models(runs)
-    colors = checkpoint_colors(models)
+    styles = checkpoint_styles(models)
     extra: dict = {}
     figs: list[ReportFigure] = []
     with style():
-        f = fig_rho_bars(models, colors)
+        f = fig_rho_bars(models, styles)
         if f:
             figs.append(f)
         for s in order_searches(s for m in models for s in m.results):
-            figs.append(fig_error_by_search(models, s, colors, log_x))
-        for f in (fig_noise(models, colors), fig_eps(models, "fgsm", colors), fig_eps(models, "jsma", colors)):
+            figs.append(fig_error_by_search(models, s, styles, log_x))
+        for f in (fig_noise(models, styles), fig_eps(models, "fgsm", styles), fig_eps(models, "jsma", styles)):
             if f:
                 figs.append(f)
         all_d = [r["l2"] for m in models for r in m.results.values()]
