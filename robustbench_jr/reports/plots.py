@@ -164,7 +164,9 @@ def fig_error_by_search(models: list[ModelData], search: str, styles: dict, log_
     for m in have:
         r = m.results[search]
         rho = curves.rho_adv(r["l2"], r["x_norm"], r["fooled"])
-        _step(ax, r["l2"], xmax, log_x, color=styles[id(m)].color, ls=styles[id(m)].linestyle, label=f"{m.label}  (ρ̂_adv {float(rho):.3f}, N={len(r['l2'])})")
+        st = styles[id(m)]
+        _step(ax, r["l2"], xmax, log_x, color=st.color, ls=st.linestyle,
+              label=f"{m.label}  (ρ̂_adv {float(rho):.3f}, N={len(r['l2'])})")
     _finish_distance_axes(ax, xmax, log_x, L2_LABEL + (" (log scale)" if log_x else ""),
                           "test error (fraction of N samples)", mp)
     ax.set_title(f"Test error vs L2 fooling distance — {search_label(search)}")
