@@ -195,6 +195,30 @@ def test_resume_after_crash_equals_uninterrupted(ckpt, tmp_path):
     assert all_rows(tmp_path / "r") == all_rows(tmp_path / "clean")
 
 
+def test_rerunning_a_complete_audit_keeps_its_provenance(ckpt, tmp_path, monkeypatch):
+    """A rerun that finds every batch done computes nothing, so the command, versions,
+    device and finish time stay those of the invocation that produced the numbers."""
+    keys = ("command", "versions", "device", "started", "finished", "status")
+    monkeypatch.setattr("sys.argv", ["jr-eval", "run", "first"])
+    run_audit([ckpt], cfg(), tmp_path / "r", progress=False, search_factory=fake_factory)
+    with ResultStore(tmp_path / "r", readonly=True) as st:
+        first = {k: st.meta()[k] for k in keys}
+    rows = all_rows(tmp_path / "r")
+    calls = []
+
+    def counted(name, overrides):
+        calls.append(FakeSearch(name, overrides))
+        return calls[-1]
+
+    monkeypatch.setattr("sys.argv", ["jr-eval", "run", "second"])
+    run_audit([ckpt], cfg(), tmp_path / "r", progress=False, search_factory=counted)
+    assert sum(s.calls for s in calls) == 0
+    with ResultStore(tmp_path / "r", readonly=True) as st:
+        assert {k: st.meta()[k] for k in keys} == first
+    assert first["command"][-1] == "first" and first["status"] == "complete"
+    assert all_rows(tmp_path / "r") == rows
+
+
 def test_different_config_is_refused(ckpt, tmp_path):
     run_audit([ckpt], cfg(), tmp_path / "r", progress=False, search_factory=fake_factory)
     before = all_rows(tmp_path / "r")

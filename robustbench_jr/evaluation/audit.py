@@ -633,18 +633,30 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
         store.set_meta("identity", identity)
         store.set_meta("config_hash", config_hash)
         store.set_meta("seed", config.seed)
-        store.set_meta("versions", _versions())
-        store.set_meta("device", {"requested": config.device, "resolved": str(device),
-                                  "cpu_threads": torch.get_num_threads(),
-                                  "name": torch.cuda.get_device_name(device) if device.type == "cuda"
-                                  else platform.processor() or platform.machine()})
         store.set_meta("data", {d.name: {"provenance": d.provenance, "n": len(d.dataset),
                                          "subset": config.subset, "fingerprint": d.fingerprint}
                                 for d in data.values()})
         store.set_meta("metrics_note", SAMPLES_NOTE)
-        store.set_meta("command", sys.argv)
-        store.set_meta("started", meta.get("started", _now()))
-        store.set_meta("status", "running")
+        # what ran the numbers (versions, device, command, finished) is written by an invocation
+        # that computes something: rerunning a complete audit keeps the provenance of the one that did
+        computing = False
+
+        def compute() -> None:
+            nonlocal computing
+            if computing:
+                return
+            computing = True
+            store.set_meta("versions", _versions())
+            store.set_meta("device", {"requested": config.device, "resolved": str(device),
+                                      "cpu_threads": torch.get_num_threads(),
+                                      "name": torch.cuda.get_device_name(device) if device.type == "cuda"
+                                      else platform.processor() or platform.machine()})
+            store.set_meta("command", sys.argv)
+            store.set_meta("started", meta.get("started", _now()))
+            store.set_meta("status", "running")
+
+        if meta.get("status") != "complete":
+            compute()
         tmp = out / "config.yaml.tmp"
         tmp.write_text("# resolved config of this audit; rerun with: jr-eval run --config config.yaml\n"
                        + yaml.safe_dump(resolved, sort_keys=False))
@@ -679,6 +691,8 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
                 if stored is None or stored["clean_accuracy"] is None or stored["jacobian_norm"] is None:
                     from ..jacobian import mean_jacobian_norm
 
+                    compute()
+
                     acc = float(np.mean(np.asarray(clean) == np.asarray(labels)))
                     jac = mean_jacobian_norm(model, ds.pixels(), batch_size=config.batch_size, device=device)
                     store.put_model(m.name, m.checkpoint, card, clean_accuracy=acc, jacobian_norm=float(jac),
@@ -687,6 +701,7 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
                     store.put_model(m.name, m.checkpoint, card)
                 have = {round(s, 12) for s, _, _ in store.noise_accuracy(m.name)}
                 if any(round(s, 12) not in have for s in config.noise_sigmas):
+                    compute()
                     store.put_noise_accuracy(m.name, noise_accuracy(model, ds, config.noise_sigmas, config.seed,
                                                                     config.batch_size, device))
                 k = min(len(ds), SANITY_SAMPLES)
@@ -711,6 +726,7 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
                         if store.batch_done(m.name, sname, key):
                             prog.advance(t_batch)
                             continue
+                        compute()
                         x = ds.pixels(sl, device=device)
                         y = ds.labels[sl].to(device)
                         sid = torch.as_tensor(bids, dtype=torch.int64)
@@ -749,8 +765,9 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
             prog.update(t_batch, visible=False)
 
         store.set_meta("warnings", warnings)
-        store.set_meta("finished", _now())
-        store.set_meta("status", "complete")
+        if computing:
+            store.set_meta("finished", _now())
+            store.set_meta("status", "complete")
         return summarize_run(store, [m.name for m in models], config.attacks)
     finally:
         store.close()
