@@ -641,7 +641,7 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
         # that computes something: rerunning a complete audit keeps the provenance of the one that did
         computing = False
 
-        def compute() -> None:
+        def start_computing() -> None:
             nonlocal computing
             if computing:
                 return
@@ -656,7 +656,7 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
             store.set_meta("status", "running")
 
         if meta.get("status") != "complete":
-            compute()
+            start_computing()
         tmp = out / "config.yaml.tmp"
         tmp.write_text("# resolved config of this audit; rerun with: jr-eval run --config config.yaml\n"
                        + yaml.safe_dump(resolved, sort_keys=False))
@@ -691,7 +691,7 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
                 if stored is None or stored["clean_accuracy"] is None or stored["jacobian_norm"] is None:
                     from ..jacobian import mean_jacobian_norm
 
-                    compute()
+                    start_computing()
 
                     acc = float(np.mean(np.asarray(clean) == np.asarray(labels)))
                     jac = mean_jacobian_norm(model, ds.pixels(), batch_size=config.batch_size, device=device)
@@ -701,7 +701,7 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
                     store.put_model(m.name, m.checkpoint, card)
                 have = {round(s, 12) for s, _, _ in store.noise_accuracy(m.name)}
                 if any(round(s, 12) not in have for s in config.noise_sigmas):
-                    compute()
+                    start_computing()
                     store.put_noise_accuracy(m.name, noise_accuracy(model, ds, config.noise_sigmas, config.seed,
                                                                     config.batch_size, device))
                 k = min(len(ds), SANITY_SAMPLES)
@@ -726,7 +726,7 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
                         if store.batch_done(m.name, sname, key):
                             prog.advance(t_batch)
                             continue
-                        compute()
+                        start_computing()
                         x = ds.pixels(sl, device=device)
                         y = ds.labels[sl].to(device)
                         sid = torch.as_tensor(bids, dtype=torch.int64)

@@ -84,6 +84,11 @@ class CheckpointStyle:
     linestyle: object
     hatch: Optional[str]
 
+    @property
+    def line(self) -> dict:
+        """Keyword arguments for a curve of this checkpoint."""
+        return {"color": self.color, "ls": self.linestyle}
+
 
 _DASHES = ["-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2))]
 _HATCHES = [None, "///", "...", "xxx"]
@@ -164,8 +169,7 @@ def fig_error_by_search(models: list[ModelData], search: str, styles: dict, log_
     for m in have:
         r = m.results[search]
         rho = curves.rho_adv(r["l2"], r["x_norm"], r["fooled"])
-        st = styles[id(m)]
-        _step(ax, r["l2"], xmax, log_x, color=st.color, ls=st.linestyle,
+        _step(ax, r["l2"], xmax, log_x, **styles[id(m)].line,
               label=f"{m.label}  (ρ̂_adv {float(rho):.3f}, N={len(r['l2'])})")
     _finish_distance_axes(ax, xmax, log_x, L2_LABEL + (" (log scale)" if log_x else ""),
                           "test error (fraction of N samples)", mp)
@@ -202,7 +206,7 @@ def fig_noise(models: list[ModelData], styles: dict) -> Optional[ReportFigure]:
     ax = fig.add_subplot()
     for m in have:
         s, a, _ = zip(*m.noise)
-        ax.plot(s, a, marker="o", ms=4, color=styles[id(m)].color, ls=styles[id(m)].linestyle, label=m.label)
+        ax.plot(s, a, marker="o", ms=4, **styles[id(m)].line, label=m.label)
     ax.set_xlabel("white-noise σ (per pixel, [0,1] pixel space, clipped)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(-0.02, 1.02)
@@ -231,7 +235,7 @@ def fig_eps(models: list[ModelData], kind: str, styles: dict) -> Optional[Report
     xmax = _x_limit(xs)
     multi = len({s for _, s in pairs}) > 1
     for (m, s), e in zip(pairs, xs):
-        _step(ax, e, xmax, False, flip=True, color=styles[id(m)].color, ls=styles[id(m)].linestyle,
+        _step(ax, e, xmax, False, flip=True, **styles[id(m)].line,
               label=m.label + (f" ({search_label(s)})" if multi else ""))
     if kind == "fgsm":
         ax.set_xlabel("ε = L∞ size of the FGSM step ([0,1] pixel space)")
