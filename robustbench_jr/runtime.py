@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from .errors import ConfigError
 
 __all__ = ["Event", "EventHandler", "derive_seed", "emit", "generator", "hardware", "now", "resolve_device",

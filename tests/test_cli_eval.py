@@ -215,7 +215,7 @@ def test_no_arguments_is_the_bundled_quick_audit(monkeypatch):
 
     seen = {}
 
-    def fake_run_audit(checkpoints, config, out_dir, progress=True, console=None):
+    def fake_run_audit(checkpoints, config, out_dir, on_event=None):
         seen.update(checkpoints=checkpoints, config=config, out_dir=out_dir)
         return {"run_dir": "runs/x", "models": [], "warnings": []}
 

@@ -22,7 +22,7 @@ from torch import nn
 from robustbench_jr.config import build_config
 from robustbench_jr.errors import CheckpointError, ConfigError, InputError
 from robustbench_jr.evaluation import AuditConfig, ResultStore, run_audit
-from robustbench_jr.evaluation.audit import sanity_checks
+from robustbench_jr.evaluation.execute import sanity_checks
 from robustbench_jr.models import make_model, save_checkpoint
 
 
@@ -41,9 +41,9 @@ class FakeSearch:
         self.config = build_config(FakeConfig, overrides or {})
         self.calls = 0
 
-    def run(self, model, x, y, generator=None, sample_ids=None):
+    def run(self, model, x, y, seed=0, sample_ids=None):
         self.calls += 1
-        base = generator.initial_seed()
+        base = seed
         dirs = []
         for sid in sample_ids.tolist():
             h = hashlib.sha256(f"{base}|{self.name}|{sid}".encode()).digest()
@@ -122,7 +122,7 @@ def all_rows(run_dir):
 
 def test_audit_writes_store_and_summary(ckpt, tmp_path):
     out = tmp_path / "run"
-    s = run_audit([ckpt], cfg(), out, progress=False, search_factory=fake_factory)
+    s = run_audit([ckpt], cfg(), out, search_factory=fake_factory)
     assert s["run_dir"] == str(out)
     (m,) = s["models"]
     assert m["name"] == "tiny-lenet"
@@ -154,8 +154,8 @@ def bundled_norms(n):
 
 
 def test_batch_size_independence(ckpt, tmp_path):
-    run_audit([ckpt], cfg(batch_size=5), tmp_path / "a", progress=False, search_factory=fake_factory)
-    run_audit([ckpt], cfg(batch_size=24), tmp_path / "b", progress=False, search_factory=fake_factory)
+    run_audit([ckpt], cfg(batch_size=5), tmp_path / "a", search_factory=fake_factory)
+    run_audit([ckpt], cfg(batch_size=24), tmp_path / "b", search_factory=fake_factory)
     assert all_rows(tmp_path / "a") == all_rows(tmp_path / "b")
 
 
@@ -178,7 +178,7 @@ def test_resume_after_crash_equals_uninterrupted(ckpt, tmp_path):
         return s
 
     with pytest.raises(Boom):
-        run_audit([ckpt], cfg(), tmp_path / "r", progress=False, search_factory=crashing)
+        run_audit([ckpt], cfg(), tmp_path / "r", search_factory=crashing)
     with ResultStore(tmp_path / "r", readonly=True) as st:
         assert st.conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0] == 3
         assert st.meta()["status"] == "running"
@@ -189,9 +189,9 @@ def test_resume_after_crash_equals_uninterrupted(ckpt, tmp_path):
         counting.append(s)
         return s
 
-    run_audit([ckpt], cfg(), tmp_path / "r", progress=False, search_factory=counted)
+    run_audit([ckpt], cfg(), tmp_path / "r", search_factory=counted)
     assert sum(s.calls for s in counting) == 3  # only the 3 unfinished batches ran
-    run_audit([ckpt], cfg(), tmp_path / "clean", progress=False, search_factory=fake_factory)
+    run_audit([ckpt], cfg(), tmp_path / "clean", search_factory=fake_factory)
     assert all_rows(tmp_path / "r") == all_rows(tmp_path / "clean")
 
 
@@ -200,7 +200,7 @@ def test_rerunning_a_complete_audit_keeps_its_provenance(ckpt, tmp_path, monkeyp
     device and finish time stay those of the invocation that produced the numbers."""
     keys = ("command", "versions", "device", "started", "finished", "status")
     monkeypatch.setattr("sys.argv", ["jr-eval", "run", "first"])
-    run_audit([ckpt], cfg(), tmp_path / "r", progress=False, search_factory=fake_factory)
+    run_audit([ckpt], cfg(), tmp_path / "r", search_factory=fake_factory)
     with ResultStore(tmp_path / "r", readonly=True) as st:
         first = {k: st.meta()[k] for k in keys}
     rows = all_rows(tmp_path / "r")
@@ -211,7 +211,7 @@ def test_rerunning_a_complete_audit_keeps_its_provenance(ckpt, tmp_path, monkeyp
         return calls[-1]
 
     monkeypatch.setattr("sys.argv", ["jr-eval", "run", "second"])
-    run_audit([ckpt], cfg(), tmp_path / "r", progress=False, search_factory=counted)
+    run_audit([ckpt], cfg(), tmp_path / "r", search_factory=counted)
     assert sum(s.calls for s in calls) == 0
     with ResultStore(tmp_path / "r", readonly=True) as st:
         assert {k: st.meta()[k] for k in keys} == first
@@ -220,23 +220,23 @@ def test_rerunning_a_complete_audit_keeps_its_provenance(ckpt, tmp_path, monkeyp
 
 
 def test_different_config_is_refused(ckpt, tmp_path):
-    run_audit([ckpt], cfg(), tmp_path / "r", progress=False, search_factory=fake_factory)
+    run_audit([ckpt], cfg(), tmp_path / "r", search_factory=fake_factory)
     before = all_rows(tmp_path / "r")
     with pytest.raises(ConfigError, match="different config.*\n.*n: 24 → 16"):
-        run_audit([ckpt], cfg(n=16), tmp_path / "r", progress=False, search_factory=fake_factory)
+        run_audit([ckpt], cfg(n=16), tmp_path / "r", search_factory=fake_factory)
     with pytest.raises(ConfigError, match="searches"):
-        run_audit([ckpt], cfg(searches={"cw": {"steps": 5}}), tmp_path / "r", progress=False,
+        run_audit([ckpt], cfg(searches={"cw": {"steps": 5}}), tmp_path / "r",
                   search_factory=fake_factory)
     assert all_rows(tmp_path / "r") == before
     # the device is placement only: a rerun with another device spelling resumes
-    run_audit([ckpt], cfg(device="auto"), tmp_path / "r", progress=False, search_factory=fake_factory)
+    run_audit([ckpt], cfg(device="auto"), tmp_path / "r", search_factory=fake_factory)
 
 
 def test_save_adversarials(ckpt, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "r"
-    run_audit([ckpt], cfg(save_adversarials=True, attacks=["noise"]), out, progress=False,
+    run_audit([ckpt], cfg(save_adversarials=True, attacks=["noise"]), out,
               search_factory=fake_factory)
     shards = sorted((out / "adversarials" / "tiny-lenet" / "noise").glob("batch-*.safetensors"))
     assert [p.name for p in shards] == ["batch-0000.safetensors", "batch-0001.safetensors", "batch-0002.safetensors"]
@@ -251,7 +251,7 @@ def test_save_adversarials(ckpt, tmp_path):
 
 def test_random_subset_and_duplicate_names(ckpt, tmp_path):
     s = run_audit([ckpt, ckpt], cfg(subset="random", n=10, attacks=["noise"]), tmp_path / "r",
-                  progress=False, search_factory=fake_factory)
+                  search_factory=fake_factory)
     assert [m["name"] for m in s["models"]] == ["tiny-lenet", "tiny-lenet-2"]
     with ResultStore(tmp_path / "r", readonly=True) as st:
         ids = st.results("tiny-lenet", "noise")["sample_id"]
@@ -266,10 +266,10 @@ def test_pgd_saturation_from_dataset(ckpt, tmp_path):
         seen[name] = dict(overrides or {})
         return FakeSearch(name, overrides)
 
-    run_audit([ckpt], cfg(attacks=["pgd"], n=4), tmp_path / "a", progress=False, search_factory=factory)
+    run_audit([ckpt], cfg(attacks=["pgd"], n=4), tmp_path / "a", search_factory=factory)
     assert seen["pgd"]["saturation"] == pytest.approx(32 / 255)
     run_audit([ckpt], cfg(attacks=["pgd"], n=4, searches={"pgd": {"saturation": 0.1}}), tmp_path / "b",
-              progress=False, search_factory=factory)
+              search_factory=factory)
     assert seen["pgd"]["saturation"] == pytest.approx(0.1)
 
 
@@ -279,7 +279,7 @@ def test_order_violation_warning(ckpt, tmp_path):
         over["scale"] = 1.0 if name == "noise" else 3.0  # "cw" lands 3x farther out
         return FakeSearch(name, over)
 
-    s = run_audit([ckpt], cfg(), tmp_path / "r", progress=False, search_factory=factory)
+    s = run_audit([ckpt], cfg(), tmp_path / "r", search_factory=factory)
     checks = [w["check"] for w in s["warnings"]]
     assert "search-order" in checks
     with ResultStore(tmp_path / "r", readonly=True) as st:
@@ -288,21 +288,21 @@ def test_order_violation_warning(ckpt, tmp_path):
 
 def test_bad_inputs(ckpt, tmp_path):
     with pytest.raises(InputError, match="larger than the dataset"):
-        run_audit([ckpt], cfg(n=1001), tmp_path / "a", progress=False, search_factory=fake_factory)
+        run_audit([ckpt], cfg(n=1001), tmp_path / "a", search_factory=fake_factory)
     with pytest.raises(ConfigError, match="unknown search 'bim'.*valid searches: all, noise, fgsm"):
-        run_audit([ckpt], cfg(attacks=["noise", "bim"]), tmp_path / "a", progress=False, search_factory=fake_factory)
+        run_audit([ckpt], cfg(attacks=["noise", "bim"]), tmp_path / "a", search_factory=fake_factory)
     with pytest.raises(CheckpointError):
-        run_audit([str(tmp_path / "missing")], cfg(), tmp_path / "a", progress=False, search_factory=fake_factory)
+        run_audit([str(tmp_path / "missing")], cfg(), tmp_path / "a", search_factory=fake_factory)
     cifar = make_model("ddnet", 10, "none")
     p = save_checkpoint(tmp_path / "ddnet", cifar, {"architecture": "ddnet", "dataset": "mnist"})
     with pytest.raises(InputError, match="expects inputs of shape \\[3, 32, 32\\]"):
-        run_audit([str(p)], cfg(), tmp_path / "a", progress=False, search_factory=fake_factory)
+        run_audit([str(p)], cfg(), tmp_path / "a", search_factory=fake_factory)
     nan = make_model("lenet", 10, "mnist")
     with torch.no_grad():
         nan.net.classifier[-1].bias.fill_(float("nan"))
     p = save_checkpoint(tmp_path / "nan", nan, {"architecture": "lenet", "dataset": "mnist"})
     with pytest.raises(InputError, match="NaN"):
-        run_audit([str(p)], cfg(), tmp_path / "a", progress=False, search_factory=fake_factory)
+        run_audit([str(p)], cfg(), tmp_path / "a", search_factory=fake_factory)
     assert not (tmp_path / "a" / "results.sqlite").exists()  # nothing written on bad input
 
 
@@ -350,9 +350,9 @@ def test_auto_source_falls_back_to_bundled_slice(ckpt, tmp_path, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
     run_audit([ckpt], cfg(source="auto", data_root=str(empty), n=4, attacks=["noise"]), tmp_path / "r",
-              progress=False, search_factory=fake_factory)
+              search_factory=fake_factory)
     with ResultStore(tmp_path / "r", readonly=True) as st:
         assert "not found locally; using the bundled slice" in st.meta()["data"]["mnist"]["provenance"]
     with pytest.raises(DataNotFoundError):
         run_audit([ckpt], cfg(source="auto", data_root=str(empty), n=1001, attacks=["noise"]), tmp_path / "r2",
-                  progress=False, search_factory=fake_factory)
+                  search_factory=fake_factory)

@@ -54,7 +54,7 @@ def test_fit_writes_checkpoint_card_metrics_and_config(tmp_path, data_root):
 def test_training_learns_on_real_digits(tmp_path, data_root):
     cfg = build_config(TrainConfig, dict(steps=150, batch_size=50, data_root=data_root, device="cpu",
                                          eval_every=0, lr_step=0))
-    card = train(cfg, tmp_path / "r", progress=False)
+    card = train(cfg, tmp_path / "r")
     # 800 real MNIST training images, 200 held-out: far above chance (0.1)
     assert card["metrics"]["test_accuracy"] > 0.6
 
@@ -226,5 +226,5 @@ def test_few_shot_and_full_batch(tmp_path, data_root):
         pytest.skip("few_shot not available")
     cfg = build_config(TrainConfig, dict(steps=3, batch_size=0, few_shot=3, lr=0.01, lr_step=0, data_root=data_root,
                                          device="cpu", eval_every=0, eval_samples=20))
-    card = train(cfg, tmp_path / "fs", progress=False)
+    card = train(cfg, tmp_path / "fs")
     assert card["data_provenance"]["n_train"] == 30

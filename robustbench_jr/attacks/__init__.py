@@ -1,7 +1,7 @@
 """The six fooling-distance searches, their shared base and the registry.
 
-``build_search(name, config)`` gives a configured search; ``search.run(model, x, y,
-generator, sample_ids)`` returns a per-sample :class:`SearchResult`. See
+``build_search(name, config)`` gives a configured search; ``search.run(model, x, y, seed,
+sample_ids)`` returns a per-sample :class:`SearchResult`. See
 :mod:`robustbench_jr.attacks.base` for the conventions (pixel space, failures as
 +inf, re-verification, per-sample seeding).
 """

@@ -22,13 +22,12 @@ classification, every forward pass of the search and the verification pass;
 ``n_grad`` counts vector–Jacobian products (backward passes) of the search.
 
 Randomness and batch independence: searches that draw random numbers (``noise``)
-use one ``torch.Generator`` per sample, seeded from
-``(generator.initial_seed(), search name, sample_id)`` (see :func:`sample_seed`).
-The *initial* seed is used rather than the generator's current state, so a sample
-gets the same draws whichever batch carries it, at whichever position, and however
-often the generator was used before. Pass ``sample_ids`` (stable ids, e.g. the
-dataset's) to :meth:`Search.run` for that guarantee; without them the position in
-the batch is used as id. Every search works only on the samples that are still
+use one ``torch.Generator`` per sample, seeded with
+``runtime.derive_seed(seed, search name, sample_id)`` (see :func:`sample_generators`),
+so a sample gets the same draws whichever batch carries it, at whichever position.
+Pass ``sample_ids`` (stable ids, e.g. the dataset's) to :meth:`Search.run` for that
+guarantee; without them the position in the batch is used as id. Every search works
+only on the samples that are still
 active, so the model sees (and spends compute on) only those.
 """
 
@@ -36,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Mapping, Optional
@@ -46,10 +44,11 @@ from torch import nn
 
 from ..config import build_config, to_dict
 from ..errors import ConfigError, InputError
+from ..runtime import generator
 
 __all__ = [
     "Found", "Search", "SearchResult", "Tally", "eval_mode", "margin_to_label", "sample_generators",
-    "sample_seed", "verify_adversarials",
+    "verify_adversarials",
 ]
 
 
@@ -135,23 +134,10 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-def sample_seed(base_seed: int, salt: str, sample_id: int) -> int:
-    """A 63-bit seed from (run seed, search name, sample id), independent of batching."""
-    digest = hashlib.sha256(f"{int(base_seed)}|{salt}|{int(sample_id)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def sample_generators(generator: Optional[torch.Generator], sample_ids: torch.Tensor, salt: str,
+def sample_generators(seed: int, sample_ids: torch.Tensor, salt: str,
                       device: torch.device) -> list[torch.Generator]:
-    """One generator per sample on ``device``, seeded by :func:`sample_seed` from
-    ``generator.initial_seed()`` (0 when ``generator`` is None), ``salt`` and the id."""
-    base = 0 if generator is None else generator.initial_seed()
-    gens = []
-    for sid in sample_ids.tolist():
-        g = torch.Generator(device=device)
-        g.manual_seed(sample_seed(base, salt, sid))
-        gens.append(g)
-    return gens
+    """One generator per sample on ``device``, seeded with ``derive_seed(seed, salt, id)``."""
+    return [generator(int(seed), salt, int(sid), device=device) for sid in sample_ids.tolist()]
 
 
 def margin_to_label(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -254,7 +240,7 @@ class Search:
 
     Subclasses set ``name``, a ``Config`` dataclass with the paper defaults (an
     optional ``validate()`` raises :class:`ConfigError`), and implement
-    ``_search(model, x, y, ids, generator) -> Found`` for samples the model currently
+    ``_search(model, x, y, ids, seed) -> Found`` for samples the model currently
     classifies correctly. ``config`` may be a ``Config`` instance, a mapping or None;
     keyword ``overrides`` win over it. Unknown keys raise :class:`ConfigError`.
     """
@@ -286,13 +272,12 @@ class Search:
 
     # -- the one public entry point ---------------------------------------------------------
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-            generator: Optional[torch.Generator] = None,
-            sample_ids: Optional[torch.Tensor] = None) -> SearchResult:
+            seed: int = 0, sample_ids: Optional[torch.Tensor] = None) -> SearchResult:
         """Search every sample of ``x`` ([B, C, H, W] pixels in [0, 1]) with labels ``y``.
 
-        ``generator`` seeds the random draws (its ``initial_seed()`` only, see the
-        module docstring); ``sample_ids`` ([B] integers, stable across batches) make
-        per-sample randomness independent of batch size and composition.
+        ``seed`` (an integer, e.g. the run's seed) seeds the random draws;
+        ``sample_ids`` ([B] integers, stable across batches) make per-sample randomness
+        independent of batch size and composition (see the module docstring).
         """
         x, y, ids = _check_inputs(x, y, sample_ids)
         n = x.shape[0]
@@ -310,7 +295,7 @@ class Search:
             claimed = torch.zeros(n, dtype=torch.bool, device=dev)
             todo = (~clean_wrong).nonzero().squeeze(1)
             if todo.numel():
-                found = self._search(model, x[todo], y[todo], ids[todo.cpu()], generator)
+                found = self._search(model, x[todo], y[todo], ids[todo.cpu()], seed)
                 ok = found.found.to(dev)
                 cand = torch.where(ok.view(-1, 1, 1, 1), found.adversarial.to(x.dtype).clamp(0, 1),
                                    torch.full_like(x[todo], float("nan")))
@@ -341,7 +326,7 @@ class Search:
                             n_forward=n_forward, n_grad=n_grad, clean_pred=clean_pred)
 
     def _search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                generator: Optional[torch.Generator]) -> Found:  # pragma: no cover - abstract
+                seed: int) -> Found:  # pragma: no cover - abstract
         raise NotImplementedError
 
 

@@ -1,4 +1,4 @@
-"""Pieces shared by the click commands: device choice, error handling, consoles."""
+"""Pieces shared by the click commands: error handling, consoles, common options."""
 
 from __future__ import annotations
 
@@ -6,26 +6,13 @@ import functools
 import sys
 
 import click
-import torch
 from rich.console import Console
 
 from ..errors import JRError
+from ..runtime import resolve_device  # noqa: F401  (re-exported for the commands)
 
 #: progress, tables and messages go to stderr so that --json output on stdout stays clean
 console = Console(stderr=True)
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a usage error."""
-    spec = (spec or "auto").lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise JRError("--device cuda was requested but no CUDA device is available; use --device cpu or auto")
-    try:
-        return torch.device(spec)
-    except RuntimeError:
-        raise JRError(f"invalid --device {spec!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def handle_errors(fn):

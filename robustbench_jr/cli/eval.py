@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import click
 import torch
+from rich.table import Table
 
 from ..config import build_config, read_yaml
 from ..errors import ConfigError
-from ..evaluation.audit import ALL_SEARCHES, AuditConfig, run_audit
+from ..evaluation.audit import ALL_SEARCHES, AuditConfig, json_document, run_audit
 from ..evaluation.metrics import SAMPLES_NOTE
 from . import report_cmds
 from .common import config_option, console, handle_errors
+from .progress import RichEvents
 
 _DEFAULTS = AuditConfig()
 
@@ -32,32 +34,6 @@ budget (cheaper CW and JSMA; under 3 minutes on 2 CPU cores); same as `jr-eval r
 """
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN and ±inf become null (JSON has neither)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def json_document(summary: dict) -> dict:
-    """The `--json` document: run_dir and per model the summary numbers."""
-    keep = ("n", "success_rate", "not_fooled", "median_l2", "mean_l2", "rho_adv")
-    models = []
-    for m in summary["models"]:
-        models.append({
-            "name": m["name"], "checkpoint": m["checkpoint"], "dataset": m.get("dataset"),
-            "clean_accuracy": m["clean_accuracy"], "jacobian_norm": m["jacobian_norm"],
-            "searches": {s: {k: v[k] for k in keep} for s, v in m["searches"].items()},
-            "noise_accuracy": m.get("noise_accuracy", []),
-        })
-    return _json_safe({"run_dir": summary["run_dir"], "models": models,
-                       "warnings": summary.get("warnings", []), "metrics_note": SAMPLES_NOTE})
-
-
 def _fmt(v: Optional[float], spec: str = ".4f") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
@@ -66,8 +42,6 @@ def _fmt(v: Optional[float], spec: str = ".4f") -> str:
 
 def render_tables(summary: dict) -> None:
     """One rich table per model (its searches as rows), on stderr."""
-    from rich.table import Table
-
     console.print(f"[bold]audit[/] {summary['run_dir']}", highlight=False)
     for m in summary["models"]:
         t = Table(title=f"[bold]{m['name']}[/]  clean acc {_fmt(m['clean_accuracy'], '.2%')}  "
@@ -154,7 +128,8 @@ def run(checkpoints, attacks, budget, n, subset, dataset, arch, data_root, sourc
         threads = 1
     if threads is not None:
         torch.set_num_threads(threads)
-    summary = run_audit(ckpts, cfg, out_dir, progress=not quiet, console=console)
+    with RichEvents(console, enabled=not quiet) as on_event:
+        summary = run_audit(ckpts, cfg, out_dir, on_event=on_event)
     if as_json:
         click.echo(json.dumps(json_document(summary), indent=2))
     elif not quiet:

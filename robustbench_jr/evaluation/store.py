@@ -24,6 +24,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from ..errors import InputError
+
 DB_NAME = "results.sqlite"
 
 _SCHEMA = """
@@ -59,12 +61,16 @@ def _enc(v: float) -> float:
 class ResultStore:
     """Read/write access to ``RUN_DIR/results.sqlite``."""
 
-    def __init__(self, run_dir: str | Path, readonly: bool = False):
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / DB_NAME
-        if readonly:
+    def __init__(self, run_dir: Optional[str | Path], readonly: bool = False):
+        """Open ``run_dir/results.sqlite`` (created unless ``readonly``); ``run_dir=None``
+        keeps the store in memory (an audit from Python that writes no files)."""
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.path = None if run_dir is None else self.run_dir / DB_NAME
+        if self.path is None:
+            self.conn = sqlite3.connect(":memory:")
+            self.conn.executescript(_SCHEMA)
+        elif readonly:
             if not self.path.is_file():
-                from ..errors import InputError
                 raise InputError(f"{self.run_dir}: not a run directory (no {DB_NAME}); run `jr-eval run --out DIR` first")
             self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         else:

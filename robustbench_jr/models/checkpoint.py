@@ -23,7 +23,7 @@ import torch
 import yaml
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import CheckpointError
 from .architectures import ARCHITECTURES, build_model
 from .pixel import NORMALIZATIONS, PixelSpaceModel
@@ -251,3 +251,15 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def load_model(spec: str | os.PathLike, *, arch: Optional[str] = None, dataset: Optional[str] = None,
+               num_classes: Optional[int] = None, normalization: Optional[str] = None,
+               device: str | torch.device = "cpu") -> PixelSpaceModel:
+    """An eval-mode pixel-space model from any checkpoint form ``jr-eval`` accepts (a bundled
+    name, a checkpoint directory, ``.safetensors``, or a ``.pt``/``.pth`` state dict with
+    ``arch``; never unpickling code). Its card is kept as ``model.card``."""
+    model, card = load_checkpoint(spec, arch=arch, dataset=dataset, num_classes=num_classes,
+                                  normalization=normalization, device=device)
+    model.card = card
+    return model

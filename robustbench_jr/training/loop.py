@@ -15,18 +15,21 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
+import yaml
+
+from .._version import __version__
 from ..config import to_dict
-from ..data import get_dataset_info, load_dataset
-from ..errors import ConfigError, JRError
+from ..data import bundled_mnist, few_shot, get_dataset_info, load_dataset
+from ..errors import ConfigError, DataNotFoundError, JRError
 from ..jacobian import mean_jacobian_norms
 from ..models import PixelSpaceModel, make_model, save_checkpoint
-from .config import TrainConfig
+from ..runtime import EventHandler, derive_seed, emit, generator, resolve_device
+from .config import TrainConfig, build_train_config
 
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -57,7 +60,7 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor
 def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The epoch's seeded permutation, drawn once per epoch rather than once per step
     (callers only slice it, never modify it)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return torch.randperm(n, generator=generator(seed, "shuffle", epoch))
 
 
 def fgsm_perturb(model, x, y, eps_max: float, generator: torch.Generator) -> torch.Tensor:
@@ -95,21 +98,15 @@ def _load_train_data(cfg: TrainConfig):
     if cfg.train_limit:
         train = train.first(cfg.train_limit)
     if cfg.few_shot:
-        from ..data import few_shot
-
         train = few_shot(train, cfg.few_shot, cfg.seed)
     return train
 
 
 def _load_heldout(cfg: TrainConfig):
-    from ..errors import DataNotFoundError
-
     try:
         return load_dataset(cfg.dataset, "test", cfg.data_root, cfg.download)
     except DataNotFoundError:
         if cfg.dataset == "mnist":
-            from ..data import bundled_mnist
-
             return bundled_mnist()
         raise
 
@@ -145,19 +142,24 @@ def evaluate(model: PixelSpaceModel, images, labels, jacobian_samples: Optional[
 
 
 def train(
-    cfg: TrainConfig,
+    cfg: TrainConfig | Mapping,
     out_dir: str | os.PathLike,
     resume: bool = False,
     init_model: Optional[PixelSpaceModel] = None,
     parent: Optional[dict] = None,
-    progress: bool = True,
     device: Optional[torch.device] = None,
+    on_event: Optional[EventHandler] = None,
 ) -> dict:
     """Run ``cfg`` and write ``out_dir/{model.safetensors, card.yaml, metrics.jsonl,
-    config.yaml, train_state.pt}``. Returns the card."""
-    from ..cli.common import console, resolve_device
-    import yaml
+    config.yaml, train_state.pt}``. Returns the card.
 
+    ``init_model`` starts from a trained model (post-processing, see :func:`finetune`);
+    ``parent`` is recorded in the card. Progress leaves through ``on_event``: a task
+    ``train`` (total = steps) advanced at every logged step with the running statistics
+    in ``data["stats"]`` and the logged record in ``data["record"]``.
+    """
+    if not isinstance(cfg, TrainConfig):
+        cfg = build_train_config([cfg])
     out = Path(out_dir)
     device = device or resolve_device(cfg.device)
     state_path = out / STATE_FILE
@@ -180,7 +182,7 @@ def train(
     steps = total_steps(cfg, n_train)
     bs = n_train if cfg.batch_size == 0 else min(cfg.batch_size, n_train)
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
     if init_model is None:
         model = make_model(cfg.model, info.num_classes, info.normalization, train_set.input_shape, cfg.dropout)
     else:
@@ -196,8 +198,8 @@ def train(
     else:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     reg = cfg.build_regularizer()
-    reg_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    adv_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+    reg_gen = generator(cfg.seed, "regularizer", device=device)
+    adv_gen = generator(cfg.seed, "adversarial", device=device)
     start = 0
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -239,54 +241,49 @@ def train(
     # training time so far: a resumed run goes on counting from its last saved state (the time
     # while it was stopped, and the steps redone after it, are not counted twice)
     t0 = time.time() - (float(saved.get("elapsed", 0.0)) if saved is not None else 0.0)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console,
-                   disable=not progress, transient=False)
     last_eval: dict = {}
     try:
-        with bar:
-            task = bar.add_task("train", total=steps, completed=start, stats="")
-            for step in range(start, steps):
-                lr = learning_rate(cfg, step)
-                for grp in opt.param_groups:
-                    grp["lr"] = lr
-                idx = batch_indices(n_train, cfg.batch_size, step, cfg.seed).to(device)
-                x, y = x_all[idx], y_all[idx]
-                if n_adv > 0:
-                    x = torch.cat([fgsm_perturb(model, x[:n_adv], y[:n_adv], cfg.adv_eps_max, adv_gen), x[n_adv:]])
-                loss, ce, r, logits = step_loss(model, reg, x, y, reg_gen)
-                if not torch.isfinite(loss):
-                    raise diverged(step, f"the loss became {loss.item()}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sums += torch.stack([loss.detach(), ce.detach(), r.value.to(loss.dtype),
-                                     (logits.argmax(1) == y).sum().to(loss.dtype) / len(y)]).double()
-                count += 1
-                done = step + 1
-                if done % cfg.log_every == 0 or done == steps:
-                    m = (sums / count).tolist()
-                    rec = {"step": done, "lr": lr, "loss": m[0], "ce": m[1], "reg": m[2], "train_acc": m[3],
-                           "time": round(time.time() - t0, 2)}
-                    if cfg.eval_every and (done % cfg.eval_every == 0):
-                        ev = evaluate(model, eval_x, eval_y, jacobian_samples=min(200, len(eval_y)))
-                        model.train()
-                        rec.update({"heldout_acc": ev["accuracy"], "heldout_jacobian_norm": ev["jacobian_norm"]})
-                        last_eval = ev
-                    metrics_f.write(json.dumps(rec) + "\n")
-                    metrics_f.flush()
-                    stats = f"loss {m[0]:.4f} ce {m[1]:.4f} reg {m[2]:.3g} acc {m[3]:.3f}"
-                    if last_eval:
-                        stats += f" | held-out acc {last_eval['accuracy']:.4f} ‖J‖ {last_eval['jacobian_norm']:.2f}"
-                    bar.update(task, completed=done, stats=stats)
-                    sums.zero_()
-                    count = 0
-                if done % cfg.save_every == 0 or done == steps:
-                    save_state(done)
+        emit(on_event, "task", name="train", total=steps, amount=start, description="train")
+        for step in range(start, steps):
+            lr = learning_rate(cfg, step)
+            for grp in opt.param_groups:
+                grp["lr"] = lr
+            idx = batch_indices(n_train, cfg.batch_size, step, cfg.seed).to(device)
+            x, y = x_all[idx], y_all[idx]
+            if n_adv > 0:
+                x = torch.cat([fgsm_perturb(model, x[:n_adv], y[:n_adv], cfg.adv_eps_max, adv_gen), x[n_adv:]])
+            loss, ce, r, logits = step_loss(model, reg, x, y, reg_gen)
+            if not torch.isfinite(loss):
+                raise diverged(step, f"the loss became {loss.item()}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.stack([loss.detach(), ce.detach(), r.value.to(loss.dtype),
+                                 (logits.argmax(1) == y).sum().to(loss.dtype) / len(y)]).double()
+            count += 1
+            done = step + 1
+            if done % cfg.log_every == 0 or done == steps:
+                m = (sums / count).tolist()
+                rec = {"step": done, "lr": lr, "loss": m[0], "ce": m[1], "reg": m[2], "train_acc": m[3],
+                       "time": round(time.time() - t0, 2)}
+                if cfg.eval_every and (done % cfg.eval_every == 0):
+                    ev = evaluate(model, eval_x, eval_y, jacobian_samples=min(200, len(eval_y)))
+                    model.train()
+                    rec.update({"heldout_acc": ev["accuracy"], "heldout_jacobian_norm": ev["jacobian_norm"]})
+                    last_eval = ev
+                metrics_f.write(json.dumps(rec) + "\n")
+                metrics_f.flush()
+                stats = f"loss {m[0]:.4f} ce {m[1]:.4f} reg {m[2]:.3g} acc {m[3]:.3f}"
+                if last_eval:
+                    stats += f" | held-out acc {last_eval['accuracy']:.4f} ‖J‖ {last_eval['jacobian_norm']:.2f}"
+                emit(on_event, "advance", name="train", data={"completed": done, "stats": stats, "record": rec})
+                sums.zero_()
+                count = 0
+            if done % cfg.save_every == 0 or done == steps:
+                save_state(done)
     finally:
         metrics_f.close()
+    emit(on_event, "done", name="train")
 
     wall = time.time() - t0
     final = evaluate(model, heldout.images, heldout.labels)

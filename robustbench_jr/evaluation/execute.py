@@ -1,0 +1,352 @@
+"""Executing an audit plan: per model the clean accuracy, ‖J‖_F, noise accuracy and sanity
+checks, then every search batch by batch into the store.
+
+Resuming: a batch is identified by a key derived from its sample ids, the search's
+resolved config and the seed; executing the same plan on the same store skips the
+finished batches, and since all randomness is derived from (seed, search, sample id)
+the resumed rows equal those of an uninterrupted run. A store that holds a run with a
+different identity is refused instead of mixed (:func:`open_store`).
+
+Progress and warnings leave through ``on_event`` (:class:`robustbench_jr.runtime.Event`):
+task ``audit`` (one unit per model × search), task ``batches`` (per search),
+``warning`` events (also stored in the run's meta) and ``info`` events.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import warnings as _warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import save as _st_save
+
+from ..errors import ConfigError, InputError
+from ..jacobian import mean_jacobian_norm
+from ..runtime import EventHandler, emit, generator, hardware, now, versions
+from .metrics import SAMPLES_NOTE, order_violations, summarize
+from .plan import AuditPlan, ModelEntry, batch_key, batches, differences, search_config, x_norms
+from .store import ResultStore
+
+#: (weaker, stronger) pairs checked for search-order violations, and the thresholds
+ORDER_PAIRS = (("noise", "cw"), ("noise", "deepfool"))
+ORDER_MAX_FRACTION = 0.10
+ZERO_GRAD_MAX_FRACTION = 0.05
+SANITY_SAMPLES = 100
+
+
+# ---------------------------------------------------------------------------
+# per-model measurements and sanity checks
+# ---------------------------------------------------------------------------
+
+def noise_accuracy(model, data, sigmas: Sequence[float], seed: int, batch_size: int,
+                   device: torch.device) -> list[tuple[float, float, int]]:
+    """Accuracy under x + σ·ε clipped to [0, 1], ε ~ N(0, I) drawn per sample from
+    a generator seeded with (seed, sample id), the same ε for every σ."""
+    correct = torch.zeros(len(sigmas), dtype=torch.int64)
+    shape = tuple(data.input_shape)
+    with torch.no_grad():
+        for _, sl in batches(len(data), batch_size):
+            x = data.pixels(sl, device=device)
+            y = data.labels[sl].to(device)
+            eps = torch.stack([torch.randn(shape, generator=generator(seed, "noise-accuracy", int(i)))
+                               for i in data.ids[sl].tolist()]).to(device=device, dtype=x.dtype)
+            for k, s in enumerate(sigmas):
+                xs = (x + s * eps).clamp_(0.0, 1.0)
+                correct[k] += int((model(xs).argmax(dim=1) == y).sum())
+    n = len(data)
+    return [(float(s), float(correct[k]) / n, n) for k, s in enumerate(sigmas)]
+
+
+def sanity_checks(model, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, str]]:
+    """auto-attack-style checks; returns ``(check, message)`` pairs for the problems found."""
+    found = []
+    if model.training:
+        found.append(("training-mode", "the model is in training mode (dropout/batch-norm active); "
+                                       "audits need model.eval()"))
+    with torch.no_grad():
+        a = model(x)
+        b = model(x)
+    scale = float(a.abs().max()) + 1.0
+    diff = float((a - b).abs().max())
+    if diff > 1e-5 * scale:
+        found.append(("randomised", f"two forward passes of the same input differ (max |Δlogit| = {diff:.3g}): "
+                                    "the model is randomised, so fooling distances are not reproducible and "
+                                    "gradient-based searches may be misled"))
+    if ((a >= 0) & (a <= 1)).all() and float((a.sum(dim=1) - 1).abs().max()) < 1e-3:
+        found.append(("probabilities", "the model's outputs look like probabilities (rows in [0, 1] summing to 1); "
+                                       "searches and ‖J‖ expect logits — remove the final softmax"))
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = torch.nn.functional.cross_entropy(model(xg), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, xg)
+    zero = (g.flatten(1).abs().amax(dim=1) == 0)
+    frac = float(zero.float().mean())
+    if frac > ZERO_GRAD_MAX_FRACTION:
+        found.append(("zero-gradients", f"the loss gradient w.r.t. the input is exactly zero on {int(zero.sum())} of "
+                                        f"{len(zero)} samples ({frac:.0%}): gradient masking or saturated outputs; "
+                                        "gradient-based distances are unreliable for this model"))
+    return found
+
+
+# ---------------------------------------------------------------------------
+# rows, shards, the store
+# ---------------------------------------------------------------------------
+
+def _to_np(t, dtype) -> np.ndarray:
+    return torch.as_tensor(t).detach().cpu().numpy().astype(dtype).reshape(-1)
+
+
+def result_rows(res, ids, labels, clean_pred, x_norm, search_name: str) -> list[dict]:
+    """The store rows of one search result over a batch (checked for shape, NaN, consistency)."""
+    b = len(ids)
+    l2 = _to_np(res.l2, np.float64)
+    linf = _to_np(res.linf, np.float64)
+    l0 = _to_np(res.l0, np.float64)
+    fooled = _to_np(res.fooled, bool)
+    adv_pred = _to_np(res.adv_pred, np.int64)
+    n_fwd = _to_np(res.n_forward, np.int64)
+    n_grad = _to_np(res.n_grad, np.int64)
+    for arr in (l2, linf, l0, fooled, adv_pred, n_fwd, n_grad):
+        if arr.shape != (b,):
+            raise RuntimeError(f"search {search_name} returned {arr.shape[0]} results for a batch of {b}")
+    for name, arr in (("L2", l2), ("Linf", linf), ("L0", l0)):
+        if np.isnan(arr).any():
+            bad = [int(i) for i in np.asarray(ids)[np.isnan(arr)]][:10]
+            raise InputError(f"search {search_name} returned NaN {name} distances on sample ids {bad}; "
+                             "the model's outputs are probably NaN on perturbed inputs")
+    if (fooled != np.isfinite(l2)).any():
+        raise RuntimeError(f"search {search_name}: 'fooled' disagrees with finite L2 distances")
+    return [dict(sample_id=int(ids[j]), label=int(labels[j]), clean_pred=int(clean_pred[j]),
+                 adv_pred=None if adv_pred[j] < 0 else int(adv_pred[j]), fooled=bool(fooled[j]),
+                 l2=float(l2[j]), linf=float(linf[j]), l0=float(l0[j]), x_norm=float(x_norm[j]),
+                 n_forward=int(n_fwd[j]), n_grad=int(n_grad[j])) for j in range(b)]
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name) or "model"
+
+
+def save_shard(path: Path, adversarial, ids, meta: dict) -> None:
+    """Write one batch's adversarial images and sample ids as a safetensors file (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    adv = torch.as_tensor(adversarial).detach().to("cpu", torch.float32).contiguous()
+    data = _st_save({"adversarial": adv, "sample_ids": torch.as_tensor(ids, dtype=torch.int64).contiguous()},
+                    metadata={k: str(v) for k, v in meta.items()})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def open_store(out: Optional[Path], plan: AuditPlan) -> ResultStore:
+    """The run's store at ``out`` (None: in memory); a store holding a run with another
+    identity is refused with the list of differences."""
+    if out is None:
+        return ResultStore(None)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory for the run")
+    if (out / "results.sqlite").exists():
+        store = ResultStore(out)
+        meta = store.meta()
+        old_hash = meta.get("config_hash")
+        has_rows = store.conn.execute("SELECT 1 FROM results LIMIT 1").fetchone() is not None
+        if (old_hash is not None and old_hash != plan.config_hash) or (old_hash is None and has_rows):
+            store.close()
+            diffs = differences(meta.get("identity", {}), plan.identity) if old_hash else ["no recorded config"]
+            raise ConfigError(
+                f"{out} already holds an audit run with a different config, refusing to mix results.\n"
+                + "".join(f"  - {d}\n" for d in diffs)
+                + "Use another --out directory, or delete this one to start over.")
+        return store
+    return ResultStore(out)
+
+
+# ---------------------------------------------------------------------------
+# execution
+# ---------------------------------------------------------------------------
+
+class _Run:
+    """The state of one execution: the store, warnings, timings, provenance."""
+
+    def __init__(self, plan: AuditPlan, store: ResultStore, on_event: Optional[EventHandler]):
+        self.plan, self.store, self.on_event = plan, store, on_event
+        self.meta = store.meta()
+        # the sanity and order checks are redone on every invocation; warnings that the
+        # searches raised on batches finished earlier are kept
+        self.warnings: list[dict] = [w for w in self.meta.get("warnings", [])
+                                     if str(w.get("check", "")).startswith("search:")]
+        self.timings: dict = self.meta.get("timings", {})  # seconds per model × search, summed
+        self.computing = False
+
+    def start_computing(self) -> None:
+        """What ran the numbers (versions, device, command) is written by an invocation that
+        computes something: rerunning a complete audit keeps the provenance of the one that did."""
+        if self.computing:
+            return
+        self.computing = True
+        cfg, store = self.plan.config, self.store
+        hw = hardware(self.plan.device)
+        store.set_meta("versions", versions())
+        store.set_meta("device", {"requested": cfg.device, "resolved": str(self.plan.device),
+                                  "cpu_threads": hw["cpu_threads"], "name": hw["name"]})
+        store.set_meta("command", sys.argv)
+        store.set_meta("started", self.meta.get("started", now()))
+        store.set_meta("status", "running")
+
+    def warn(self, model: str, check: str, message: str) -> None:
+        self.warnings.append({"model": model, "check": check, "message": message})
+        self.store.set_meta("warnings", self.warnings)  # kept even if the process dies later
+        emit(self.on_event, "warning", message=f"{model}: {message}", data={"model": model, "check": check})
+
+
+def execute(plan: AuditPlan, store: ResultStore, on_event: Optional[EventHandler] = None,
+            adversarials_dir: Optional[Path] = None) -> None:
+    """Run ``plan`` into ``store`` (resuming finished batches); see the module docstring."""
+    cfg, device = plan.config, plan.device
+    run = _Run(plan, store, on_event)
+    store.set_meta("config", plan.resolved)
+    store.set_meta("identity", plan.identity)
+    store.set_meta("config_hash", plan.config_hash)
+    store.set_meta("seed", cfg.seed)
+    store.set_meta("data", {d.name: {"provenance": d.provenance, "n": len(d.dataset), "subset": cfg.subset,
+                                     "fingerprint": d.fingerprint} for d in plan.data.values()})
+    store.set_meta("metrics_note", SAMPLES_NOTE)
+    if run.meta.get("status") != "complete":
+        run.start_computing()
+    if store.run_dir is not None:
+        tmp = store.run_dir / "config.yaml.tmp"
+        tmp.write_text("# resolved config of this audit; rerun with: jr-eval run --config config.yaml\n"
+                       + yaml.safe_dump(plan.resolved, sort_keys=False))
+        os.replace(tmp, store.run_dir / "config.yaml")
+    for d in plan.data.values():
+        if "bundled" in d.provenance:
+            emit(on_event, "info", message=f"data: {d.name}: {d.provenance}")
+
+    emit(on_event, "task", name="audit", total=len(plan.models) * len(cfg.attacks), description="audit")
+    for m in plan.models:
+        _measure_model(run, m)
+        for sname in cfg.attacks:
+            _run_search(run, m, sname, adversarials_dir)
+            emit(on_event, "advance", name="audit", amount=1)
+        _order_checks(run, m)
+    emit(on_event, "done", name="audit", description="done")
+    store.set_meta("warnings", run.warnings)
+    if run.computing:
+        store.set_meta("finished", now())
+        store.set_meta("status", "complete")
+
+
+def _measure_model(run: _Run, m: ModelEntry) -> None:
+    """Clean accuracy, mean ‖J‖_F, noise accuracy (each only when not stored) and sanity checks."""
+    plan, store, cfg = run.plan, run.store, run.plan.config
+    d = plan.data_of(m)
+    ds = d.dataset
+    emit(run.on_event, "advance", name="audit", amount=0, description=f"{m.name}: clean / ‖J‖_F / noise")
+    stored = {r["model"]: r for r in store.models()}.get(m.name)
+    card = {**m.card, "checkpoint_sha256": m.weights_sha256, "data": d.provenance}
+    if stored is None or stored["clean_accuracy"] is None or stored["jacobian_norm"] is None:
+        run.start_computing()
+        acc = float(np.mean(np.asarray(m.clean_pred) == ds.labels.numpy()))
+        jac = mean_jacobian_norm(m.model, ds.pixels(), batch_size=cfg.batch_size, device=plan.device)
+        store.put_model(m.name, m.checkpoint, card, clean_accuracy=acc, jacobian_norm=float(jac), n=len(ds))
+    else:
+        store.put_model(m.name, m.checkpoint, card)
+    have = {round(s, 12) for s, _, _ in store.noise_accuracy(m.name)}
+    if any(round(s, 12) not in have for s in cfg.noise_sigmas):
+        run.start_computing()
+        store.put_noise_accuracy(m.name, noise_accuracy(m.model, ds, cfg.noise_sigmas, cfg.seed,
+                                                        cfg.batch_size, plan.device))
+    k = min(len(ds), SANITY_SAMPLES)
+    for check, msg in sanity_checks(m.model, ds.pixels(slice(0, k), device=plan.device),
+                                    ds.labels[:k].to(plan.device)):
+        run.warn(m.name, check, msg)
+
+
+def _run_search(run: _Run, m: ModelEntry, sname: str, adversarials_dir: Optional[Path]) -> None:
+    plan, store, cfg, device = run.plan, run.store, run.plan.config, run.plan.device
+    ds = plan.data_of(m).dataset
+    ids = ds.ids.tolist()
+    labels = ds.labels.tolist()
+    x_norm_all = x_norms(ds)
+    search = m.searches[sname]
+    seen = {re.sub(r"\d+", "#", w["message"].rsplit(" (first seen", 1)[0])
+            for w in run.warnings if w["model"] == m.name and w["check"] == f"search:{sname}"}
+    scfg = search_config(search)
+    nb = -(-len(ds) // cfg.batch_size)
+    emit(run.on_event, "advance", name="audit", amount=0, description=f"{m.name}: {sname}")
+    emit(run.on_event, "task", name="batches", total=nb, description="  batches")
+    t_search = time.perf_counter()
+    for bi, sl in batches(len(ds), cfg.batch_size):
+        bids = ids[sl]
+        key = batch_key(bids, sname, scfg, cfg.seed)
+        if store.batch_done(m.name, sname, key):
+            emit(run.on_event, "advance", name="batches", amount=1)
+            continue
+        run.start_computing()
+        x = ds.pixels(sl, device=device)
+        y = ds.labels[sl].to(device)
+        with _warnings.catch_warnings(record=True) as caught:
+            _warnings.simplefilter("always")
+            res = search.run(m.model, x, y, seed=cfg.seed, sample_ids=torch.as_tensor(bids, dtype=torch.int64))
+        for w in caught:
+            msg = str(w.message)
+            dedupe = re.sub(r"\d+", "#", msg)  # once per model × search, not per batch
+            if dedupe not in seen:
+                seen.add(dedupe)
+                run.warn(m.name, f"search:{sname}", f"{msg} (first seen in batch {bi})")
+        rows = result_rows(res, bids, labels[sl], m.clean_pred[sl], x_norm_all[sl], sname)
+        if adversarials_dir is not None:
+            save_shard(adversarials_dir / _safe_name(m.name) / _safe_name(sname) / f"batch-{bi:04d}.safetensors",
+                       res.adversarial, bids, {"model": m.name, "search": sname, "batch_key": key})
+        store.put_batch(m.name, sname, key, rows)
+        emit(run.on_event, "advance", name="batches", amount=1)
+    emit(run.on_event, "done", name="batches")
+    spent = run.timings.setdefault(m.name, {})
+    spent[sname] = round(spent.get(sname, 0.0) + time.perf_counter() - t_search, 3)
+    store.set_meta("timings", run.timings)
+
+
+def _order_checks(run: _Run, m: ModelEntry) -> None:
+    results = {s: run.store.results(m.name, s) for s in run.plan.config.attacks}
+    for weak, strong in ORDER_PAIRS:
+        if weak in results and strong in results:
+            v, c = order_violations(results[weak]["l2"], results[strong]["l2"])
+            if c and v / c > ORDER_MAX_FRACTION:
+                run.warn(m.name, "search-order",
+                         f"{weak} found a closer fooling point than {strong} on {v} of {c} samples "
+                         f"({v / c:.0%}) that both fooled: {strong} is probably under-budgeted or the "
+                         "model masks gradients; its distances overstate robustness")
+
+
+def summarize_run(store: ResultStore, models: Optional[Sequence[str]] = None,
+                  searches: Optional[Sequence[str]] = None) -> dict:
+    """The run's summary from stored rows: per model clean accuracy, ‖J‖_F, noise accuracy
+    and per search :func:`.metrics.summarize`."""
+    meta = store.meta()
+    rows = {r["model"]: r for r in store.models()}
+    names = list(models) if models is not None else list(rows)
+    out_models = []
+    for name in names:
+        r = rows.get(name, {})
+        snames = list(searches) if searches is not None else store.searches(name)
+        per = {}
+        for s in snames:
+            res = store.results(name, s)
+            per[s] = summarize(res["l2"], res["x_norm"], res["fooled"])
+        out_models.append({
+            "name": name,
+            "checkpoint": r.get("checkpoint"),
+            "dataset": (r.get("card") or {}).get("dataset"),
+            "clean_accuracy": r.get("clean_accuracy"),
+            "jacobian_norm": r.get("jacobian_norm"),
+            "noise_accuracy": [{"sigma": s, "accuracy": a, "n": n} for s, a, n in store.noise_accuracy(name)],
+            "searches": per,
+        })
+    return {"run_dir": None if store.run_dir is None else str(store.run_dir), "models": out_models,
+            "warnings": meta.get("warnings", []), "metrics_note": SAMPLES_NOTE}

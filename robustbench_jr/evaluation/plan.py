@@ -1,0 +1,411 @@
+"""Planning an audit: which models, which samples, which configured searches, under which identity.
+
+Everything that can fail on bad input happens here, before anything is written:
+models and data are loaded (or wrapped, for in-memory tensors), checked against each
+other, the clean predictions are taken (NaN logits are refused), and the searches are
+configured. The plan then fixes the run's *identity* — the audit config without the
+fields that only place the work, each model's weights hash, its data fingerprint and
+the resolved config of every search — whose hash keys the run directory and whose
+parts key every stored batch. :mod:`.execute` runs a plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..attacks import SEARCHES, build_search
+from ..config import to_dict
+from ..data import ImageDataset, bundled_mnist, get_dataset_info, load_dataset
+from ..errors import CheckpointError, ConfigError, DataNotFoundError, InputError
+from ..models import bundled_names, load_checkpoint, resolve_checkpoint
+from ..models.checkpoint import WEIGHTS_FILE, sha256_file
+from ..runtime import derive_seed
+
+#: the six searches of DESIGN.md, weakest first (the order ``all`` runs them in)
+ALL_SEARCHES = ("noise", "fgsm", "pgd", "cw", "deepfool", "jsma")
+#: largest n for which the bundled MNIST slice (first 1,000 test images) can stand in
+BUNDLED_MNIST_SIZE = 1000
+#: config fields left out of a run's identity: ``device`` only places the work, and
+#: ``budget``/``searches`` count through the resolved per-search configs instead
+NOT_IN_IDENTITY = ("device", "budget", "searches")
+#: search budgets: ``paper`` = the attacks package defaults (the papers' protocols);
+#: ``quick`` = cheaper CW and JSMA so that the bundled demo audit (2 LeNets × 100
+#: samples × 6 searches) fits in a few minutes on 2 CPU cores. ``searches`` overrides win.
+BUDGETS = {
+    "paper": {},
+    "quick": {
+        "cw": {"binary_search_steps": 5, "max_iterations": 100, "abort_check_every": 10, "lr": 0.02},
+        "jsma": {"targets": 2},
+    },
+}
+
+
+def known_searches() -> list[str]:
+    """Search names in the order ``all`` runs them: DESIGN.md's six, then other registered ones."""
+    return [s for s in ALL_SEARCHES if s in SEARCHES] + sorted(s for s in SEARCHES if s not in ALL_SEARCHES)
+
+
+def canonical(obj: Any) -> str:
+    """Canonical JSON of ``obj`` (sorted keys), the input of every identity hash."""
+    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def short_hash(obj: Any, length: int = 16) -> str:
+    """A hex sha256 prefix of :func:`canonical` ``(obj)``."""
+    return hashlib.sha256(canonical(obj).encode()).hexdigest()[:length]
+
+
+@dataclass
+class ModelEntry:
+    """One audited model: its name, the pixel-space module, where it came from, its identity."""
+
+    name: str
+    model: nn.Module
+    dataset: str  # key of the plan's data this model is evaluated on
+    checkpoint: str  # the spec, resolved path, or "<in-memory>"
+    weights_sha256: str
+    card: dict = field(default_factory=dict)
+    searches: dict = field(default_factory=dict)  # search name -> configured search
+    clean_pred: list = field(default_factory=list)  # clean predictions on the evaluated samples
+
+
+@dataclass
+class DataEntry:
+    """The evaluated samples of one dataset (with stable sample ids) and their fingerprint."""
+
+    name: str
+    dataset: ImageDataset
+    provenance: str
+    fingerprint: str
+    pgd_saturation: Optional[float] = None  # the dataset's PGD box (None: the search's default)
+
+
+@dataclass
+class AuditPlan:
+    """A checked, resolved audit: run it with :func:`.execute.execute`."""
+
+    config: Any  # AuditConfig
+    device: torch.device
+    models: list[ModelEntry]
+    data: dict[str, DataEntry]
+    identity: dict
+    config_hash: str
+    resolved: dict  # the resolved config written as RUN_DIR/config.yaml
+
+    def data_of(self, m: ModelEntry) -> DataEntry:
+        return self.data[m.dataset]
+
+
+# ---------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------
+
+def model_name(spec: str, path: Path) -> str:
+    """Readable name: the bundled name, else the checkpoint directory's (or file's) name."""
+    if not Path(spec).exists() and spec in bundled_names():
+        return spec
+    p = path.resolve()
+    if p.is_file():
+        return p.parent.name if p.stem in ("model", "weights", "checkpoint") else p.stem
+    return p.name
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` with repeats suffixed ``-2``, ``-3``, …"""
+    out: list[str] = []
+    for n in names:
+        cand, k = n, 2
+        while cand in out:
+            cand, k = f"{n}-{k}", k + 1
+        out.append(cand)
+    return out
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of an in-memory model's state dict (names, dtypes, shapes and values)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def models_from_checkpoints(checkpoints: Sequence[str], dataset: Optional[str], device: torch.device,
+                            arch: Optional[str] = None) -> list[ModelEntry]:
+    """Load checkpoint specs (paths or bundled names; none = the bundled checkpoints)."""
+    specs = [str(c) for c in checkpoints]
+    if not specs:
+        specs = bundled_names()
+        if not specs:
+            raise CheckpointError("no checkpoint given and no bundled checkpoints are installed; "
+                                  "pass CHECKPOINT paths (directories with model.safetensors + card.yaml)")
+    loaded = []
+    for spec in specs:
+        path = resolve_checkpoint(spec)
+        try:
+            model, card = load_checkpoint(spec, arch=arch if not Path(spec).is_dir() else None,
+                                          dataset=dataset, device=device)
+        except (CheckpointError, ConfigError, InputError):
+            raise
+        except Exception as exc:  # a file that parses but is not a checkpoint
+            raise CheckpointError(f"{spec}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+        weights = path / WEIGHTS_FILE if path.is_dir() else path
+        sha = sha256_file(weights) if weights.is_file() else ""
+        loaded.append((spec, path, model, card, sha))
+    names = unique_names([model_name(s, p) for s, p, *_ in loaded])
+    out = []
+    for name, (spec, path, model, card, sha) in zip(names, loaded):
+        ckpt = spec if (not Path(spec).exists() and spec in bundled_names()) else str(path.resolve())
+        out.append(ModelEntry(name, model, str(card["dataset"]), ckpt, sha, dict(card)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+
+def check_pixels(images: torch.Tensor, what: str) -> None:
+    """Float images must be finite and in [0, 1] (uint8 images always are)."""
+    if images.dtype == torch.uint8:
+        return
+    if not images.is_floating_point():
+        raise InputError(f"{what}: images must be floating point pixels in [0, 1] or uint8, got {images.dtype}")
+    if torch.isnan(images).any():
+        raise InputError(f"{what}: the test images contain NaN values")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise InputError(f"{what}: pixel values outside [0, 1] (min {float(images.min()):.3g}, "
+                         f"max {float(images.max()):.3g}); images must be in [0, 1] pixel space")
+
+
+def data_entry(name: str, ds: ImageDataset, provenance: Optional[str] = None,
+               pgd_saturation: Optional[float] = None) -> DataEntry:
+    """A :class:`DataEntry` for ``ds`` with its fingerprint (ids, labels and pixels)."""
+    check_pixels(ds.images, name)
+    h = hashlib.sha256()
+    h.update(ds.ids.numpy().tobytes())
+    h.update(ds.labels.numpy().tobytes())
+    h.update(ds.images.contiguous().numpy().tobytes())
+    return DataEntry(name, ds, provenance or ds.provenance, h.hexdigest()[:16], pgd_saturation)
+
+
+def data_from_tensors(x: torch.Tensor, y: torch.Tensor, sample_ids=None, name: str = "tensors",
+                      pgd_saturation: Optional[float] = None) -> DataEntry:
+    """Wrap in-memory images [N, C, H, W] in [0, 1] (or uint8) and labels [N] as audit data."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not len(x):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"images must be a non-empty tensor of shape [N, C, H, W] in [0, 1], got {shape}")
+    y = torch.as_tensor(y)
+    if y.dim() != 1 or len(y) != len(x) or y.is_floating_point() or y.dtype == torch.bool:
+        raise InputError(f"labels must be integer class indices of shape [{len(x)}], got shape "
+                         f"{tuple(y.shape)} and dtype {y.dtype}")
+    ids = None
+    if sample_ids is not None:
+        ids = torch.as_tensor(sample_ids)
+        if ids.dim() != 1 or len(ids) != len(x) or ids.is_floating_point():
+            raise InputError(f"sample_ids must be integers of shape [{len(x)}], got shape {tuple(ids.shape)}")
+        ids = ids.to(torch.int64).cpu()
+        if len(torch.unique(ids)) != len(ids):
+            raise InputError("sample_ids must be unique (rows are keyed by sample id)")
+    images = x.detach().cpu()
+    ds = ImageDataset(name, "test", images, y.detach().cpu().to(torch.int64), f"{len(x)} in-memory images", ids)
+    return data_entry(name, ds, pgd_saturation=pgd_saturation)
+
+
+def load_data(name: str, config: Any) -> DataEntry:
+    """The evaluated test samples of registry dataset ``name`` (``config.n`` of them)."""
+    info = get_dataset_info(name)  # unknown name -> ConfigError listing the valid ones
+    note = ""
+    if config.source == "bundled":
+        if name != "mnist":
+            raise ConfigError(f"source 'bundled' is only available for mnist (dataset is {name!r}); "
+                              f"use --source auto or local")
+        ds = bundled_mnist()
+        note = "bundled MNIST slice requested"
+    else:
+        try:
+            ds = load_dataset(name, "test", data_root=config.data_root)
+        except DataNotFoundError:
+            if config.source == "local" or name != "mnist" or config.n > BUNDLED_MNIST_SIZE:
+                raise
+            ds = bundled_mnist()
+            note = "full MNIST test set not found locally; using the bundled slice"
+    if config.n > len(ds):
+        raise InputError(f"n = {config.n} is larger than the dataset ({name} test split from "
+                         f"{ds.provenance}: {len(ds)} samples); use --n {len(ds)} or fewer")
+    if config.subset == "first":
+        sub = ds.first(config.n)
+    else:
+        g = torch.Generator().manual_seed(derive_seed(config.seed, "subset", name))
+        idx = torch.randperm(len(ds), generator=g)[: config.n].sort().values
+        sub = ds.subset(idx, note=f"random {config.n} (seed {config.seed})")
+    prov = sub.provenance + (f" ({note})" if note else "")
+    return data_entry(name, sub, prov, info.pgd_saturation)
+
+
+# ---------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------
+
+def batches(n: int, size: int):
+    """``(index, slice)`` of consecutive batches of ``size`` over ``n`` samples."""
+    for i, start in enumerate(range(0, n, size)):
+        yield i, slice(start, min(start + size, n))
+
+
+def check_compatible(m: ModelEntry, data: DataEntry, device: torch.device) -> None:
+    """The model runs on the data's shape and has a class for every label."""
+    shape = tuple(data.dataset.input_shape)
+    want = tuple(getattr(m.model, "input_shape", shape))
+    if shape != want:
+        raise InputError(f"model {m.name} expects inputs of shape {list(want)} but the {data.name} images "
+                         f"have shape {list(shape)}; pass the model's dataset with --dataset")
+    labels = data.dataset.labels
+    nc = int(getattr(m.model, "num_classes", 0) or 0)
+    if nc and len(labels) and int(labels.max()) >= nc:
+        raise InputError(f"model {m.name} has {nc} classes but {data.name} has label {int(labels.max())}; "
+                         f"pass the model's dataset with --dataset")
+    try:
+        with torch.no_grad():
+            out = m.model(data.dataset.pixels(slice(0, 1), device=device))
+    except RuntimeError as exc:
+        raise InputError(f"model {m.name} cannot run on {data.name} inputs of shape {list(shape)}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    if out.ndim != 2 or (nc and out.shape[1] != nc):
+        raise InputError(f"model {m.name} returned outputs of shape {list(out.shape)}; expected [batch, classes]")
+    if len(labels) and int(labels.max()) >= out.shape[1]:
+        raise InputError(f"model {m.name} returns {out.shape[1]} class scores but {data.name} has label "
+                         f"{int(labels.max())}")
+
+
+def clean_predictions(model, data: ImageDataset, batch_size: int, device: torch.device,
+                      name: str = "the model") -> torch.Tensor:
+    """Clean predicted classes (cpu int64); NaN/inf logits are an :class:`InputError`."""
+    preds = []
+    with torch.no_grad():
+        for _, sl in batches(len(data), batch_size):
+            logits = model(data.pixels(sl, device=device))
+            bad = ~torch.isfinite(logits).all(dim=1)
+            if bad.any():
+                ids = data.ids[sl][bad.cpu()].tolist()
+                raise InputError(f"{name} produces NaN/inf logits on sample ids {ids[:10]}"
+                                 f"{' …' if len(ids) > 10 else ''}; the checkpoint or the inputs are broken")
+            preds.append(logits.argmax(dim=1).cpu())
+    return torch.cat(preds)
+
+
+# ---------------------------------------------------------------------------
+# searches, identity, resolved config
+# ---------------------------------------------------------------------------
+
+def search_config(search) -> dict:
+    """A configured search's resolved config as a plain dict."""
+    cfg = getattr(search, "config", None)
+    if cfg is None:
+        return {}
+    return to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
+def build_searches(config: Any, models: list[ModelEntry], data: dict[str, DataEntry],
+                   factory: Callable = build_search) -> None:
+    """Configure every model's searches: the budget's overrides, then ``config.searches``;
+    PGD's saturation defaults to the dataset's. Identical configs share one search object."""
+    cache: dict[tuple, Any] = {}
+    for m in models:
+        sat = data[m.dataset].pgd_saturation
+        for name in config.attacks:
+            over = {**BUDGETS[config.budget].get(name, {}), **config.searches.get(name, {})}
+            if name == "pgd" and "saturation" not in over and sat is not None:
+                over["saturation"] = sat
+            key = (name, canonical(over))
+            if key not in cache:
+                cache[key] = factory(name, over or None)
+            m.searches[name] = cache[key]
+
+
+def resolved_config(config: Any, models: list[ModelEntry], checkpoints_out: Optional[list[str]] = None) -> dict:
+    """The resolved config saved as ``RUN_DIR/config.yaml`` (reusable with ``--config``)."""
+    d = to_dict(config)
+    searches = {}
+    for name in config.attacks:
+        per = [search_config(m.searches[name]) for m in models]
+        searches[name] = per[0] if all(p == per[0] for p in per) else dict(config.searches.get(name, {}))
+    d["searches"] = searches
+    ckpts = checkpoints_out if checkpoints_out is not None else [m.checkpoint for m in models]
+    return {"checkpoints": ckpts, **d}
+
+
+def identity(config: Any, models: list[ModelEntry], data: dict[str, DataEntry]) -> dict:
+    """What decides the run's rows: audit config (less NOT_IN_IDENTITY), weights, data, searches."""
+    audit = {k: v for k, v in to_dict(config).items() if k not in NOT_IN_IDENTITY}
+    return {
+        "audit": audit,
+        "models": [{"name": m.name, "weights_sha256": m.weights_sha256, "dataset": m.dataset,
+                    "data": data[m.dataset].fingerprint,
+                    "searches": {s: search_config(m.searches[s]) for s in config.attacks}} for m in models],
+    }
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """Readable differences between two run identities."""
+    diffs = []
+    oa, na = old.get("audit", {}), new.get("audit", {})
+    for k in sorted(set(oa) | set(na)):
+        if oa.get(k) != na.get(k):
+            diffs.append(f"{k}: {oa.get(k)!r} → {na.get(k)!r}")
+    om = {m["name"]: m for m in old.get("models", [])}
+    nm = {m["name"]: m for m in new.get("models", [])}
+    if list(om) != list(nm):
+        diffs.append(f"models: {list(om)} → {list(nm)}")
+    for name in [n for n in nm if n in om]:
+        for k in ("weights_sha256", "dataset", "data"):
+            if om[name].get(k) != nm[name].get(k):
+                what = {"weights_sha256": "weights", "data": "test samples"}.get(k, k)
+                diffs.append(f"{name}: {what} differ")
+        os_, ns_ = om[name].get("searches", {}), nm[name].get("searches", {})
+        for sname in [s for s in ns_ if s in os_]:
+            o, n = os_[sname], ns_[sname]
+            for key in sorted(set(o) | set(n)):
+                if o.get(key) != n.get(key):
+                    d = f"searches.{sname}.{key}: {o.get(key)!r} → {n.get(key)!r}"
+                    if d not in diffs:
+                        diffs.append(d)
+    return diffs or ["(config hash differs)"]
+
+
+def batch_key(sample_ids: Sequence[int], search: str, search_config: dict, seed: int) -> str:
+    """Deterministic key of one batch: its sample ids, the search and its config, the seed."""
+    return short_hash({"ids": [int(i) for i in sample_ids], "search": search, "config": search_config,
+                       "seed": seed}, 24)
+
+
+def plan_audit(config: Any, models: list[ModelEntry], data: dict[str, DataEntry], device: torch.device,
+               search_factory: Optional[Callable] = None,
+               checkpoints_out: Optional[list[str]] = None) -> AuditPlan:
+    """Check ``models`` against their ``data``, take the clean predictions, configure the
+    searches and fix the run's identity. ``config`` must be validated."""
+    for m in models:
+        if m.dataset not in data:
+            raise ConfigError(f"model {m.name}: no data named {m.dataset!r} in the plan")
+        d = data[m.dataset]
+        check_compatible(m, d, device)
+        m.clean_pred = clean_predictions(m.model, d.dataset, config.batch_size, device,
+                                         name=f"model {m.name}").tolist()
+    build_searches(config, models, data, search_factory or build_search)
+    ident = identity(config, models, data)
+    return AuditPlan(config, device, models, data, ident, short_hash(ident),
+                     resolved_config(config, models, checkpoints_out))
+
+
+def x_norms(ds: ImageDataset) -> np.ndarray:
+    """‖x_i‖₂ of the clean inputs (pixel space, float64)."""
+    return ds.pixels().flatten(1).double().norm(dim=1).numpy()
