@@ -47,66 +47,44 @@ from typing import Optional
 
 import torch
 
-from ..errors import ConfigError
+from ..config import param
 from .base import Found, Search, Tally, margin_to_label
 
 
 @dataclass
 class CWConfig:
     #: Adam learning rate on the tanh variable w (Hoffman et al.: 0.005)
-    lr: float = 0.005
+    lr: float = param(0.005, gt=0)
     #: first value of the constant c
-    initial_const: float = 0.01
+    initial_const: float = param(0.01, gt=0)
     #: factor applied to c until the first success
-    const_growth: float = 10.0
+    const_growth: float = param(10.0, gt=1)
     #: number of binary-search steps over c
-    binary_search_steps: int = 10
+    binary_search_steps: int = param(10, ge=1)
     #: Adam iterations per binary-search step and sample
-    max_iterations: int = 1000
+    max_iterations: int = param(1000, ge=1)
     #: κ of the f6 loss: adversarial means Z_y − max_other ≤ −κ
-    confidence: float = 0.0
+    confidence: float = param(0.0, ge=0)
     #: per-sample early abort when the loss stops improving
     abort_early: bool = True
     #: iterations between two abort checks (per sample)
-    abort_check_every: int = 50
+    abort_check_every: int = param(50, ge=1)
     #: relative loss decrease required between two checks
-    abort_rtol: float = 1e-3
+    abort_rtol: float = param(1e-3, ge=0, lt=1)
     #: also abort a fooled sample once its best distance stops improving
     abort_on_distance: bool = True
     #: iterations a sample keeps going in a step after it is first fooled; None = no limit
-    success_patience: Optional[int] = None
+    success_patience: Optional[int] = param(None, ge=0)
     #: start each binary-search step from the best adversarial so far
     warm_start: bool = True
     #: stop the binary search of a sample once c_hi/c_lo − 1 < const_rtol
-    const_rtol: float = 0.01
+    const_rtol: float = param(0.01, ge=0)
     #: ε of the tanh change of variables ([0, 1] → [−(1−ε), 1−ε])
-    tanh_margin: float = 0.02
+    tanh_margin: float = param(0.02, gt=0, lt=1)
     #: Adam β₁, β₂ and ε
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
-
-    def validate(self) -> None:
-        for key in ("lr", "initial_const"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"cw: {key} must be > 0, got {getattr(self, key)}")
-        if not self.const_growth > 1:
-            raise ConfigError(f"cw: const_growth must be > 1, got {self.const_growth}")
-        for key in ("binary_search_steps", "max_iterations", "abort_check_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"cw: {key} must be ≥ 1, got {getattr(self, key)}")
-        if self.confidence < 0:
-            raise ConfigError(f"cw: confidence must be ≥ 0, got {self.confidence}")
-        if not 0 <= self.abort_rtol < 1:
-            raise ConfigError(f"cw: abort_rtol must lie in [0, 1), got {self.abort_rtol}")
-        if self.success_patience is not None and self.success_patience < 0:
-            raise ConfigError(f"cw: success_patience must be ≥ 0 or null, got {self.success_patience}")
-        if self.const_rtol < 0:
-            raise ConfigError(f"cw: const_rtol must be ≥ 0, got {self.const_rtol}")
-        if not 0 < self.tanh_margin < 1:
-            raise ConfigError(f"cw: tanh_margin must lie in (0, 1), got {self.tanh_margin}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.adam_eps > 0):
-            raise ConfigError("cw: need 0 ≤ beta1, beta2 < 1 and adam_eps > 0")
+    beta1: float = param(0.9, ge=0, lt=1)
+    beta2: float = param(0.999, ge=0, lt=1)
+    adam_eps: float = param(1e-8, gt=0)
 
 
 class CWSearch(Search):

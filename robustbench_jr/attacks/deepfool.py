@@ -35,7 +35,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import ConfigError
+from ..config import param
 from .base import Found, Search, Tally, warn_zero_gradients
 
 
@@ -45,34 +45,20 @@ _JACOBIAN = ("auto", "batched", "loop")
 @dataclass
 class DeepFoolConfig:
     #: overshoot applied to the total perturbation
-    overshoot: float = 0.02
+    overshoot: float = param(0.02, ge=0)
     #: iterations per sample
-    max_iterations: int = 50
+    max_iterations: int = param(50, ge=1)
     #: top-k candidate classes by clean logit (incl. the label); None = all classes
-    candidates: Optional[int] = None
+    candidates: Optional[int] = param(None, ge=2)
     #: classes per vectorised Jacobian chunk (bounds memory)
-    class_chunk: int = 16
+    class_chunk: int = param(16, ge=1)
     #: class gradients: 'batched' (vectorised, fast on GPU), 'loop' (one backward per
     #: class, fastest on CPU) or 'auto' (batched on CUDA, loop elsewhere)
-    jacobian: str = "auto"
+    jacobian: str = param("auto", choices=_JACOBIAN)
     #: bisect the scale of the final perturbation for the smallest fooling one
     refine: bool = True
     #: relative precision of that bisection
-    refine_rtol: float = 1e-3
-
-    def validate(self) -> None:
-        if self.overshoot < 0:
-            raise ConfigError(f"deepfool: overshoot must be ≥ 0, got {self.overshoot}")
-        if self.max_iterations < 1:
-            raise ConfigError(f"deepfool: max_iterations must be ≥ 1, got {self.max_iterations}")
-        if self.candidates is not None and self.candidates < 2:
-            raise ConfigError(f"deepfool: candidates must be ≥ 2 (or null for all), got {self.candidates}")
-        if self.class_chunk < 1:
-            raise ConfigError(f"deepfool: class_chunk must be ≥ 1, got {self.class_chunk}")
-        if self.jacobian not in _JACOBIAN:
-            raise ConfigError(f"deepfool: jacobian must be one of {', '.join(_JACOBIAN)}, got {self.jacobian!r}")
-        if not 0 < self.refine_rtol < 1:
-            raise ConfigError(f"deepfool: refine_rtol must lie in (0, 1), got {self.refine_rtol}")
+    refine_rtol: float = param(1e-3, gt=0, lt=1)
 
 
 def class_vjps(logits: torch.Tensor, xin: torch.Tensor, grad_outputs: torch.Tensor,

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import param
 from ..errors import ConfigError
 from .base import Found, Search, Tally, input_gradient, warn_zero_gradients
 
@@ -26,25 +27,19 @@ from .base import Found, Search, Tally, input_gradient, warn_zero_gradients
 @dataclass
 class FGSMConfig:
     #: smallest grid value of ε (Linf step in [0, 1] pixel units)
-    eps_min: float = 1e-3
+    eps_min: float = param(1e-3, gt=0)
     #: largest ε tried (1 saturates every pixel the sign moves)
-    eps_max: float = 1.0
+    eps_max: float = param(1.0, gt=0)
     #: number of geometric grid points between eps_min and eps_max
-    grid_size: int = 40
+    grid_size: int = param(40, ge=1)
     #: bisection stops when (hi − lo) ≤ rtol·hi
-    rtol: float = 1e-3
+    rtol: float = param(1e-3, gt=0, lt=1)
     #: at most this many bisection steps
-    max_bisection: int = 20
+    max_bisection: int = param(20, ge=0)
 
     def validate(self) -> None:
-        if not 0 < self.eps_min <= self.eps_max:
-            raise ConfigError(f"fgsm: need 0 < eps_min ≤ eps_max, got {self.eps_min}, {self.eps_max}")
-        if self.grid_size < 1:
-            raise ConfigError(f"fgsm: grid_size must be ≥ 1, got {self.grid_size}")
-        if not 0 < self.rtol < 1:
-            raise ConfigError(f"fgsm: rtol must lie in (0, 1), got {self.rtol}")
-        if self.max_bisection < 0:
-            raise ConfigError(f"fgsm: max_bisection must be ≥ 0, got {self.max_bisection}")
+        if not self.eps_min <= self.eps_max:
+            raise ConfigError(f"fgsm: need eps_min ≤ eps_max, got {self.eps_min}, {self.eps_max}")
 
 
 def fgsm_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from typing import Optional
 
 import torch
 
+from ..config import param
 from ..errors import ConfigError
 from .base import Found, Search, Tally
 
@@ -46,27 +47,20 @@ class JSMAConfig:
     #: change applied to the two chosen components (+1: set to max; negative: decrease)
     theta: float = 1.0
     #: largest fraction of input components that may be changed
-    gamma: float = 0.1
+    gamma: float = param(0.1, gt=0, le=1)
     #: number of target classes tried (largest clean logits first); None = every class ≠ y
-    targets: Optional[int] = None
+    targets: Optional[int] = param(None, ge=1)
     #: 'misclassified' (stop at any wrong class) or 'target' (stop when the target is predicted)
-    stop_on: str = "misclassified"
+    stop_on: str = param("misclassified", choices=_STOP_ON)
     #: saliency on logits (True) or on softmax probabilities (False)
     use_logits: bool = True
     #: elements per pair-search chunk (bounds memory, see module docstring)
-    chunk_elements: int = 1 << 22
+    chunk_elements: int = param(1 << 22, ge=1)
 
     def validate(self) -> None:
+        # not a range: θ may be negative or positive, only 0 (and non-finite) is meaningless
         if self.theta == 0 or not math.isfinite(self.theta):
             raise ConfigError(f"jsma: theta must be a non-zero number, got {self.theta}")
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"jsma: gamma must lie in (0, 1], got {self.gamma}")
-        if self.targets is not None and self.targets < 1:
-            raise ConfigError(f"jsma: targets must be ≥ 1 (or null for all), got {self.targets}")
-        if self.stop_on not in _STOP_ON:
-            raise ConfigError(f"jsma: stop_on must be one of {', '.join(_STOP_ON)}, got {self.stop_on!r}")
-        if self.chunk_elements < 1:
-            raise ConfigError(f"jsma: chunk_elements must be ≥ 1, got {self.chunk_elements}")
 
 
 def best_pairs(a: torch.Tensor, bsum: torch.Tensor, domain: torch.Tensor, chunk_elements: int

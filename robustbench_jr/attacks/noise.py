@@ -23,6 +23,7 @@ from typing import Optional
 
 import torch
 
+from ..config import param
 from ..errors import ConfigError
 from .base import Found, Search, Tally, sample_generators
 
@@ -30,31 +31,22 @@ from .base import Found, Search, Tally, sample_generators
 @dataclass
 class NoiseConfig:
     #: directions tried per sample; the closest fooling image over them is kept
-    n_directions: int = 1
+    n_directions: int = param(1, ge=1)
     #: L2 norm of the first (unclipped) perturbation tried
-    init_magnitude: float = 0.1
+    init_magnitude: float = param(0.1, gt=0)
     #: factor by which the magnitude grows until the model is fooled
-    growth: float = 2.0
+    growth: float = param(2.0, gt=1)
     #: largest magnitude tried; None = 10·sqrt(number of input components)
-    max_magnitude: Optional[float] = None
+    max_magnitude: Optional[float] = param(None, gt=0)
     #: bisection stops when (hi − lo) ≤ rtol·hi
-    rtol: float = 1e-3
+    rtol: float = param(1e-3, gt=0, lt=1)
     #: forward passes per sample and direction (growth + bisection)
-    max_forward: int = 64
+    max_forward: int = param(64, ge=1)
 
     def validate(self) -> None:
-        if self.n_directions < 1:
-            raise ConfigError(f"noise: n_directions must be ≥ 1, got {self.n_directions}")
-        if not self.init_magnitude > 0:
-            raise ConfigError(f"noise: init_magnitude must be > 0, got {self.init_magnitude}")
-        if not self.growth > 1:
-            raise ConfigError(f"noise: growth must be > 1, got {self.growth}")
         if self.max_magnitude is not None and not self.max_magnitude >= self.init_magnitude:
-            raise ConfigError(f"noise: max_magnitude must be ≥ init_magnitude, got {self.max_magnitude}")
-        if not 0 < self.rtol < 1:
-            raise ConfigError(f"noise: rtol must lie in (0, 1), got {self.rtol}")
-        if self.max_forward < 1:
-            raise ConfigError(f"noise: max_forward must be ≥ 1, got {self.max_forward}")
+            raise ConfigError(f"noise: max_magnitude must be ≥ init_magnitude ({self.init_magnitude}), "
+                              f"got {self.max_magnitude}")
 
 
 class NoiseSearch(Search):

@@ -19,26 +19,18 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..config import param
 from .base import Found, Search, Tally, warn_zero_gradients
 
 
 @dataclass
 class PGDConfig:
     #: Linf step per iteration, in [0, 1] pixel units
-    step_size: float = 1.0 / 255.0
+    step_size: float = param(1.0 / 255.0, gt=0)
     #: Linf radius of the box around the clean image; None = no saturation constraint
-    saturation: Optional[float] = 32.0 / 255.0
+    saturation: Optional[float] = param(32.0 / 255.0, gt=0)
     #: steps per sample before giving up
-    max_steps: int = 200
-
-    def validate(self) -> None:
-        if not self.step_size > 0:
-            raise ConfigError(f"pgd: step_size must be > 0, got {self.step_size}")
-        if self.saturation is not None and not self.saturation > 0:
-            raise ConfigError(f"pgd: saturation must be > 0 (or null for none), got {self.saturation}")
-        if self.max_steps < 1:
-            raise ConfigError(f"pgd: max_steps must be ≥ 1, got {self.max_steps}")
+    max_steps: int = param(200, ge=1)
 
 
 class PGDSearch(Search):
