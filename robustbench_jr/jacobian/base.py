@@ -13,13 +13,14 @@ A regularizer is built by name with λ and its own options::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 
+from ..config import Spec, check_value
 from ..errors import ConfigError, InputError, unknown_name
+from .core import JACOBIAN_METHODS
 
 
 @dataclass
@@ -38,21 +39,28 @@ def register(cls):
 
 class Regularizer:
     """Base class. Subclasses set ``name``, ``options`` (name -> default) and ``description``
-    and implement :meth:`compute`."""
+    and implement :meth:`compute`.
+
+    Every option value must have its default's type (an int option takes no bool, a
+    bool one only true/false) and fit its :class:`~robustbench_jr.config.Spec` in
+    ``option_specs`` — declared once here for the options several regularizers share;
+    a subclass adds its own as ``option_specs = {**Regularizer.option_specs, ...}``.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     options: ClassVar[dict] = {}
+    option_specs: ClassVar[dict[str, Spec]] = {
+        "n_proj": Spec(ge=1),
+        "space": Spec(choices=("pixel", "normalized")),
+        "method": Spec(choices=JACOBIAN_METHODS),
+    }
     #: the logits must come from an input with requires_grad
     needs_input_grad: ClassVar[bool] = True
 
     def __init__(self, lam: float = 0.0, **opts):
-        try:
-            ok = lam is not None and not isinstance(lam, bool) and math.isfinite(float(lam)) and float(lam) >= 0.0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"regularizer {self.name!r}: λ must be a finite number ≥ 0, got {lam!r}")
+        where = f"regularizer {self.name!r}"
+        check_value("λ", lam, float, Spec(ge=0), where)
         self.lam = float(lam)
         unknown = set(opts) - set(self.options)
         if unknown:
@@ -61,22 +69,13 @@ class Regularizer:
                 f"valid: {', '.join(sorted(self.options)) or 'none'}"
             )
         self.opts = {**self.options, **{k: v for k, v in opts.items() if v is not None}}
+        for key, value in self.opts.items():
+            default = self.options[key]
+            check_value(key, value, Any if default is None else type(default), self.option_specs.get(key), where)
         self.validate()
 
     def validate(self) -> None:
-        space = self.opts.get("space")
-        if space is not None and space not in ("pixel", "normalized"):
-            raise ConfigError(f"regularizer {self.name!r}: space must be 'pixel' or 'normalized', got {space!r}")
-        if "n_proj" in self.options:
-            n = self.opts["n_proj"]
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise ConfigError(f"regularizer {self.name!r}: n_proj must be an integer ≥ 1, got {n!r}")
-        if "method" in self.options:
-            from .core import JACOBIAN_METHODS
-
-            if self.opts["method"] not in JACOBIAN_METHODS:
-                raise ConfigError(f"regularizer {self.name!r}: method must be one of "
-                                  f"{', '.join(JACOBIAN_METHODS)}, got {self.opts['method']!r}")
+        """Checks across options (none by default; each option's own range is in ``option_specs``)."""
 
     def input_scale(self, model) -> Optional[torch.Tensor]:
         """The factor turning pixel-space input gradients into the configured space.

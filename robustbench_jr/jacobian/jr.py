@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-
-from ..errors import ConfigError
+from ..config import Spec
 from .base import Regularizer, register
 from .core import jacobian_sq_norms, jr_projection_per_sample
 
@@ -54,11 +53,7 @@ class JacobianExact(Regularizer):
     name = "jr-exact"
     description = "exact Jacobian regularization (C backward passes)"
     options = {"space": "pixel", "form": "hoffman", "method": "auto"}
-
-    def validate(self):
-        super().validate()
-        if self.opts["form"] not in ("hoffman", "jg"):
-            raise ConfigError(f"regularizer 'jr-exact': form must be 'hoffman' or 'jg', got {self.opts['form']!r}")
+    option_specs = {**Regularizer.option_specs, "form": Spec(choices=("hoffman", "jg"))}
 
     def weight(self, value):
         return (0.5 if self.opts["form"] == "hoffman" else 1.0) * self.lam * value

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from .base import Regularizer, register
 from .core import _randint, _randn, _sq_norm, input_gradient, jacobian_sq_norms
 
@@ -81,12 +81,7 @@ class SpectReg(Regularizer):
 
     name = "spectreg"
     description = "SpectReg: ‖∂(r·z)/∂x‖², r ~ N(0, I) (Varga et al. §5.1)"
-    options = {"n_proj": 1, "space": "pixel", "shared": False}
-
-    def validate(self):
-        super().validate()
-        if not isinstance(self.opts["shared"], bool):
-            raise ConfigError(f"regularizer 'spectreg': shared must be true or false, got {self.opts['shared']!r}")
+    options = {"n_proj": 1, "space": "pixel", "shared": False}  # shared: a bool, checked by its default's type
 
     def per_sample(self, model, x, y, logits, generator):
         batch, classes = logits.shape
