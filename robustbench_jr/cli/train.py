@@ -2,49 +2,79 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
 
 import click
 
-from ..config import read_yaml
+from ..config import read_yaml, spec_of
 from ..training import TrainConfig, train
 from ..training.config import build_train_config
 from .common import config_option, console, device_option, handle_errors
 
 
+#: TrainConfig fields that are not command-line options (``--device`` is the shared device_option)
+_NOT_OPTIONS = {"reg_options", "device"}
+#: extra names of an option (the first is the option itself)
+_ALIASES = {"lam": ("--lam", "--lambda"), "regularizer": ("--regularizer", "-r")}
+#: click types that say more than the annotation
+_CLICK_TYPES = {"data_root": click.Path(file_okay=False)}
+
+
+def _registries() -> dict:
+    """Fields whose valid values are an open registry: listed in the help, checked by TrainConfig."""
+    from ..data import DATASETS
+    from ..jacobian import REGULARIZERS
+    from ..models import ARCHITECTURES
+
+    return {"model": ARCHITECTURES, "dataset": DATASETS, "regularizer": REGULARIZERS}
+
+
+def _config_options() -> list:
+    """One click option per TrainConfig field, generated from the dataclass: name from the
+    field, type from the annotation, choices and help text (``doc``) from its :func:`param`,
+    and ``[default: …]`` from the dataclass default — so the help cannot drift from the
+    config. Every option defaults to None: only what the user types overrides the file."""
+    hints = typing.get_type_hints(TrainConfig)
+    registries = _registries()
+    opts = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _NOT_OPTIONS:
+            continue
+        spec = spec_of(f)
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
+            kind = next(a for a in args if a is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        names = _ALIASES.get(f.name, (flag,))
+        help_text = (spec.doc if spec and spec.doc else f.name.replace("_", " ").capitalize())
+        if f.name in registries:
+            help_text += f" ({', '.join(registries[f.name])})"
+        if f.default is not dataclasses.MISSING and f.default is not None:
+            shown = (f"{flag[2:]}" if f.default else f"no-{flag[2:]}") if kind is bool else f.default
+            help_text += f" [default: {shown}]"
+        help_text += "."
+        if kind is bool:
+            opts.append(click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text))
+            continue
+        if f.name in _CLICK_TYPES:
+            ctype = _CLICK_TYPES[f.name]
+        elif spec is not None and spec.choices is not None:
+            ctype = click.Choice([str(c) for c in spec.choices])
+        else:
+            ctype = kind if kind in (int, float, str) else str
+        opts.append(click.option(*names, f.name, type=ctype, default=None, help=help_text))
+    return opts
+
+
 def _train_options(fn):
-    """Options shared by `fit` and `finetune`; all default to None so that only what the
-    user types overrides the config file."""
+    """Options shared by `fit` and `finetune`: the TrainConfig fields (generated, see
+    :func:`_config_options`), then the options that are not config fields."""
     opts = [
-        click.option("--model", help="Architecture (lenet, ddnet, resnet18-cifar, resnet18, jg-mnist, jg-cifar)."),
-        click.option("--dataset", help="Dataset (mnist, fashion-mnist, cifar10, cifar100, imagenet, digits)."),
-        click.option("--data-root", type=click.Path(file_okay=False), help="Directory holding the data."),
-        click.option("--download/--no-download", default=None, help="Let torchvision download missing data."),
-        click.option("--optimizer", type=click.Choice(["sgd", "adam"]), help="Optimizer [default: sgd]."),
-        click.option("--lr", type=float, help="Initial learning rate [default: 0.1]."),
-        click.option("--momentum", type=float, help="SGD momentum [default: 0.9]."),
-        click.option("--weight-decay", type=float, help="L2 weight decay [default: 5e-4]."),
-        click.option("--lr-decay", type=float, help="Step-decay factor [default: 0.1]."),
-        click.option("--lr-step", type=int, help="Decay every this many steps; 0 = constant [default: 50000]."),
-        click.option("--steps", type=int, help="Total SGD steps [default: 150000]."),
-        click.option("--epochs", type=float, help="Train for this many epochs instead of --steps."),
-        click.option("--batch-size", type=int, help="Mini-batch size; 0 = full batch [default: 100]."),
-        click.option("--dropout", type=float, help="Dropout rate [default: the architecture's]."),
-        click.option("--regularizer", "-r", help="none, jr, jr-exact, datagrad, spectreg, frobreg, jacreg, onehot, "
-                     "randomonehot, input-grad, cross-lipschitz [default: none]."),
-        click.option("--lam", "--lambda", "lam", type=float, help="Regularizer weight λ."),
-        click.option("--n-proj", type=int, help="Random projections for the jr estimator [default: 1]."),
-        click.option("--reg-space", type=click.Choice(["pixel", "normalized"]),
-                     help="Input space of the Jacobian penalty [default: pixel]."),
-        click.option("--adv-fraction", type=float, help="Fraction of each batch replaced by FGSM examples."),
-        click.option("--adv-eps-max", type=float, help="FGSM ε ~ U[0, ε_max] (pixel units) [default: 0.01]."),
-        click.option("--few-shot", type=int, help="Use k training samples per class."),
-        click.option("--train-limit", type=int, help="Use only the first N training images."),
-        click.option("--seed", type=int, help="Random seed [default: 0]."),
-        click.option("--eval-every", type=int, help="Held-out evaluation every N steps; 0 = end only."),
-        click.option("--eval-samples", type=int, help="Held-out samples for periodic evaluation."),
-        click.option("--save-every", type=int, help="Save resumable training state every N steps."),
-        click.option("--log-every", type=int, help="Log metrics every N steps."),
+        *_config_options(),
         device_option, config_option,
         click.option("--out", type=click.Path(file_okay=False), required=True,
                      help="Output directory: model.safetensors, card.yaml, metrics.jsonl, config.yaml."),

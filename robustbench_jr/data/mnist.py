@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import DataNotFoundError
 from .base import DatasetInfo, ImageDataset
 from .idx import read_idx
 from .registry import data_roots, not_found, register
@@ -52,7 +53,6 @@ def _tensors(img_path, lbl_path):
     images = torch.from_numpy(read_idx(img_path).copy())
     labels = torch.from_numpy(read_idx(lbl_path).astype("int64"))
     if images.ndim != 3 or len(images) != len(labels):
-        from ..errors import DataNotFoundError
         raise DataNotFoundError(f"{img_path}: expected N×28×28 images matching {len(labels)} labels")
     return images.unsqueeze(1), labels
 

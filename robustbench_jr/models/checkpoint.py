@@ -24,6 +24,7 @@ import yaml
 from torch import nn
 
 from .._version import __version__
+from ..data import get_dataset_info
 from ..errors import CheckpointError
 from .architectures import ARCHITECTURES, build_model
 from .pixel import NORMALIZATIONS, PixelSpaceModel
@@ -227,8 +228,6 @@ def load_checkpoint(
         card["dataset"] = dataset
     if not card.get("dataset"):
         card["dataset"] = {"lenet": "mnist", "jg-mnist": "mnist", "resnet18": "imagenet"}.get(card["architecture"], "cifar10")
-    from ..data import get_dataset_info
-
     info = get_dataset_info(card["dataset"])
     card.setdefault("num_classes", info.num_classes)
     card.setdefault("input_shape", list(info.input_shape))
