@@ -2,94 +2,75 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
-from ..errors import ConfigError
+from ..config import check_constraints, param
+from ..errors import ConfigError, unknown_name
 
 
 @dataclass
 class TrainConfig:
     """Every knob of a `jr-train` run. Defaults are Hoffman et al.'s LeNet'/MNIST protocol
     (SGD momentum 0.9, batch 100, lr 0.1 ×0.1 every 50k steps, 150k steps, weight decay
-    5e-4, dropout 0.5), without a Jacobian penalty."""
+    5e-4, dropout 0.5), without a Jacobian penalty.
 
-    model: str = "lenet"
-    dataset: str = "mnist"
-    data_root: Optional[str] = None
-    download: bool = False
+    Ranges, choices and help texts are declared on the fields (:func:`~robustbench_jr.config.param`);
+    `jr-train`'s options are generated from them."""
+
+    model: str = param("lenet", doc="Architecture")
+    dataset: str = param("mnist", doc="Dataset")
+    data_root: Optional[str] = param(None, doc="Directory holding the data")
+    download: bool = param(False, doc="Let torchvision download missing data")
     # optimisation
-    optimizer: str = "sgd"            # sgd | adam
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_decay: float = 0.1             # multiply the learning rate by this ...
-    lr_step: int = 50_000             # ... every lr_step steps (0: constant)
-    steps: Optional[int] = 150_000    # total SGD steps (iterations); or set epochs
-    epochs: Optional[float] = None
-    batch_size: int = 100             # 0: full batch
-    dropout: Optional[float] = None   # None: the architecture's default
+    optimizer: str = param("sgd", choices=("sgd", "adam"), doc="Optimizer")
+    lr: float = param(0.1, gt=0, doc="Initial learning rate")
+    momentum: float = param(0.9, ge=0, lt=1, doc="SGD momentum")
+    weight_decay: float = param(5e-4, ge=0, doc="L2 weight decay")
+    lr_decay: float = param(0.1, gt=0, le=1, doc="Step-decay factor: the learning rate is multiplied by it "
+                                               "every --lr-step steps")
+    lr_step: int = param(50_000, ge=0, doc="Decay every this many steps; 0 = constant")
+    steps: Optional[int] = param(150_000, ge=1, doc="Total SGD steps (iterations); or set --epochs")
+    epochs: Optional[float] = param(None, gt=0, doc="Train for this many epochs instead of --steps")
+    batch_size: int = param(100, ge=0, doc="Mini-batch size; 0 = full batch")
+    dropout: Optional[float] = param(None, ge=0, lt=1, doc="Dropout rate; unset = the architecture's default")
     # input-gradient regularization
-    regularizer: str = "none"         # see robustbench_jr.jacobian.REGULARIZERS
-    lam: float = 0.0
-    n_proj: int = 1                   # projections, for the 'jr' estimator
-    reg_space: str = "pixel"          # pixel | normalized (Hoffman reports ‖J‖ w.r.t. normalised input)
-    reg_options: dict = field(default_factory=dict)
+    regularizer: str = param("none", doc="Input-gradient regularizer")  # see robustbench_jr.jacobian.REGULARIZERS
+    lam: float = param(0.0, ge=0, doc="Regularizer weight λ")
+    n_proj: int = param(1, ge=1, doc="Random projections, for the jr estimator")
+    reg_space: str = param("pixel", choices=("pixel", "normalized"),
+                           doc="Input space of the Jacobian penalty (Hoffman reports ‖J‖ w.r.t. the normalised input)")
+    reg_options: dict = param(default_factory=dict, doc="Further options of the regularizer (YAML mapping)")
     # adversarial training (Hoffman: FGSM with ε ~ U[0, ε_max] on part of each batch)
-    adv_fraction: float = 0.0
-    adv_eps_max: float = 0.01         # in [0,1] pixel units
+    adv_fraction: float = param(0.0, ge=0, le=1, doc="Fraction of each batch replaced by FGSM examples")
+    adv_eps_max: float = param(0.01, ge=0, doc="FGSM ε ~ U[0, ε_max], in [0, 1] pixel units")
     # data subsets
-    few_shot: Optional[int] = None    # k training samples per class
-    train_limit: Optional[int] = None  # use only the first N training images (smoke tests)
+    few_shot: Optional[int] = param(None, ge=1, doc="Use k training samples per class")
+    train_limit: Optional[int] = param(None, ge=1, doc="Use only the first N training images (smoke tests)")
     # bookkeeping
-    seed: int = 0
-    device: str = "auto"
-    eval_every: int = 2_000           # held-out evaluation interval (steps); 0: only at the end
-    eval_samples: int = 1_000         # held-out samples for periodic evaluation
-    save_every: int = 1_000           # training-state interval for --resume (steps)
-    log_every: int = 50
+    seed: int = param(0, doc="Random seed")
+    device: str = param("auto", doc="auto (CUDA when present), cpu, cuda or cuda:N")
+    eval_every: int = param(2_000, ge=0, doc="Held-out evaluation every N steps; 0 = only at the end")
+    eval_samples: int = param(1_000, ge=1, doc="Held-out samples for periodic evaluation")
+    save_every: int = param(1_000, ge=1, doc="Save resumable training state every N steps (for --resume)")
+    log_every: int = param(50, ge=1, doc="Log metrics every N steps")
 
     def validate(self) -> None:
+        """Checks across fields and against the registries; each field's own range is
+        declared on it and checked by :func:`~robustbench_jr.config.check_constraints`."""
         from ..jacobian import REGULARIZERS
         from ..models import ARCHITECTURES
         from ..data import DATASETS
 
+        # open registries (names are registered at import), with the shared unknown-name wording
         if self.model not in ARCHITECTURES:
-            raise ConfigError(f"unknown model {self.model!r}; valid models: {', '.join(sorted(ARCHITECTURES))}")
+            raise unknown_name("model", self.model, ARCHITECTURES)
         if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(sorted(DATASETS))}")
+            raise unknown_name("dataset", self.dataset, DATASETS)
         if self.regularizer not in REGULARIZERS:
-            raise ConfigError(f"unknown regularizer {self.regularizer!r}; valid regularizers: {', '.join(sorted(REGULARIZERS))}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid optimizers: adam, sgd")
-        checks = [
-            (self.lam >= 0, f"lam (λ) must be ≥ 0, got {self.lam}"),
-            (self.n_proj >= 1, f"n_proj must be ≥ 1, got {self.n_proj}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
-            (0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"),
-            (self.lr_step >= 0, f"lr_step must be ≥ 0, got {self.lr_step}"),
-            (self.batch_size >= 0, f"batch_size must be ≥ 0 (0 = full batch), got {self.batch_size}"),
-            (self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
-            (0 <= self.adv_fraction <= 1, f"adv_fraction must be in [0, 1], got {self.adv_fraction}"),
-            (self.adv_eps_max >= 0, f"adv_eps_max must be ≥ 0, got {self.adv_eps_max}"),
-            (self.few_shot is None or self.few_shot >= 1, f"few_shot must be ≥ 1, got {self.few_shot}"),
-            (self.train_limit is None or self.train_limit >= 1, f"train_limit must be ≥ 1, got {self.train_limit}"),
-            (self.reg_space in ("pixel", "normalized"), f"reg_space must be pixel or normalized, got {self.reg_space!r}"),
-            (self.save_every >= 1, f"save_every must be ≥ 1, got {self.save_every}"),
-            (self.eval_every >= 0, f"eval_every must be ≥ 0, got {self.eval_every}"),
-            (self.log_every >= 1, f"log_every must be ≥ 1, got {self.log_every}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+            raise unknown_name("regularizer", self.regularizer, REGULARIZERS)
         if self.steps is None and self.epochs is None:
             raise ConfigError("set either steps or epochs")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"steps must be ≥ 1, got {self.steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
         if self.regularizer != "none" and self.lam == 0:
             raise ConfigError(f"regularizer {self.regularizer!r} needs lam > 0 (or use regularizer: none)")
         # options are checked by building the regularizer once
@@ -135,5 +116,6 @@ def build_train_config(layers, where: str = "training config", finetune: bool = 
         cfg.reg_options = {**(cfg.reg_options or {}), "form": "jg"}
         changed = True
     if changed:
+        check_constraints(cfg, where)
         cfg.validate()
     return cfg
