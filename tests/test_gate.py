@@ -194,3 +194,68 @@ def test_docs_example_policy_parses():
 
     p = load_policy(Path(__file__).resolve().parents[1] / "docs" / "examples" / "gate-policy.yaml")
     assert len(p.rules) == 8 and p.confidence == 0.95 and p.decision == "tolerant" and p.baseline is not None
+
+
+# ------------------------------------------------- grammar extensions ----
+def test_functions_chains_and_conjunctions_parse():
+    from robustbench_jr.reports.gate import Func
+
+    r = parse_rule("min(rho_adv[cw], rho_adv[deepfool]) >= 0.1")
+    assert r.lhs == Func("min", (Metric("rho_adv", ("cw",)), Metric("rho_adv", ("deepfool",))))
+    r = parse_rule("0.1 <= rho_adv[cw] <= 0.2")  # a chain: two comparisons sharing the middle term
+    assert [(c.op, c.rhs) for c in r.comparisons] == [("<=", Metric("rho_adv", ("cw",))), ("<=", r.comparisons[1].rhs)]
+    r = parse_rule("abs(clean_accuracy - 0.99) <= 0.01 and d50[cw] > 1 for model=a")
+    assert len(r.comparisons) == 2 and r.models == ["a"] and r.comparisons[1].strict
+    assert [str(m) for m in r.metrics()] == ["clean_accuracy", "d50[cw]"]
+
+
+@pytest.mark.parametrize("bad", [
+    "min() >= 1", "abs(rho_adv[cw], 1) >= 0", "rho_adv[cw] >= 0.1 and", "max(rho_adv[cw] >= 1",
+    "rho_adv[cw] >= 0.1 or clean_accuracy >= 0.9", "rho_adv[cw] >= baseline >= 0.1",
+])
+def test_malformed_extended_rules_are_config_errors(bad):
+    with pytest.raises(ConfigError):
+        parse_rule(bad)
+
+
+def test_extended_rules_evaluate(tmp_path):
+    run = write_run(tmp_path / "run")  # cw/deepfool: 0, 1, 2, 3, inf at ‖x‖ = 10
+    res = evaluate(run, build_policy({"rules": [
+        "0.1 <= rho_adv[cw] <= 0.2",                                   # 0.15
+        "max(rho_adv[cw], 1) - min(rho_adv[cw], rho_adv[deepfool]) >= 0.85",
+        "abs(clean_accuracy - 1) <= 0.02 and d50[cw] >= 2",           # d50: median of 0, 1, 2, 3, inf
+        "mean(success_rate[cw], 0) < 0.3",                             # 0.4 < 0.3 is false
+    ]}))
+    got = {c.rule: c for c in res.checks}
+    assert got["0.1 <= rho_adv[cw] <= 0.2"].passed and got["0.1 <= rho_adv[cw] <= 0.2"].margin == pytest.approx(0.05)
+    assert got["max(rho_adv[cw], 1) - min(rho_adv[cw], rho_adv[deepfool]) >= 0.85"].lhs == pytest.approx(0.85)
+    assert got["abs(clean_accuracy - 1) <= 0.02 and d50[cw] >= 2"].passed
+    bad = got["mean(success_rate[cw], 0) < 0.3"]
+    assert not bad.passed and bad.lhs == pytest.approx(0.4) and "is false" in bad.message
+    # with the bootstrap, a conjunction is decided on the bound of its smallest margin
+    boot = evaluate(run, build_policy({"rules": ["0.1 <= rho_adv[cw] <= 0.2"], "confidence": 0.9,
+                                       "bootstrap": 200}))
+    assert boot.checks[0].bound is not None and boot.checks[0].bound <= boot.checks[0].margin
+
+
+def test_judge_with_missing_values_is_three_valued():
+    """Missing values (an experiment table's cells not measured yet) make a comparison
+    pending; a rule fails as soon as one comparison fails, else is pending while any is."""
+    from robustbench_jr.reports.gate import Value, Vocabulary, judge
+
+    vocab = Vocabulary({"acc": ("run",)}, "column", baseline=False)
+    cells = {"a": 1.0, "b": 2.0, "c": None}
+
+    def resolve(node, lhs):
+        return Value(cells[node.args[0]])
+
+    def status(text):
+        return judge(parse_rule(text, vocabulary=vocab), resolve).status
+
+    assert status("acc[a] < acc[b]") == "pass"
+    assert status("acc[a] < acc[b] < acc[c]") == "pending"
+    assert status("acc[b] < acc[a] < acc[c]") == "fail"      # decided already, whatever c will be
+    assert status("min(acc[a], acc[c]) > 0") == "pending"
+    assert status("acc[a] / 0 - acc[a] / 0 >= 0") == "fail"   # NaN: undefined
+    with pytest.raises(ConfigError, match="unknown column"):
+        parse_rule("rho_adv[cw] >= 1", vocabulary=vocab)

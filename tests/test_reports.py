@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from robustbench_jr.cli.report_cmds import register
 from robustbench_jr.errors import InputError
 from robustbench_jr.evaluation.store import ResultStore
-from robustbench_jr.reports import curves
+from robustbench_jr.evaluation import metrics
+from robustbench_jr.reports import tables
 from robustbench_jr.reports.report import write_report
 
 INF = math.inf
@@ -60,25 +61,12 @@ def make_run(path: Path, models=("m",), searches=("cw", "fgsm", "jsma"), scale=1
 
 
 # ------------------------------------------------------------- numbers ----
-def test_error_at_and_curve_hand_computed():
-    assert curves.error_at(L2, 0.0) == pytest.approx(1 / 6)  # clean error at d = 0
-    assert curves.error_at(L2, 0.49) == pytest.approx(1 / 6)
-    assert curves.error_at(L2, 0.5) == pytest.approx(2 / 6)  # "≤ d"
-    assert curves.error_at(L2, 1.0) == pytest.approx(4 / 6)
-    assert curves.error_at(L2, 1e9) == pytest.approx(5 / 6)  # +inf never counts
-    x, y = curves.error_curve(L2)
-    np.testing.assert_allclose(x, [0.0, 0.5, 1.0, 2.0])
-    np.testing.assert_allclose(y, [1 / 6, 2 / 6, 4 / 6, 5 / 6])
-    np.testing.assert_allclose(curves.evaluate_curve(L2, [0, 0.7, 1.5, 3]), [1 / 6, 2 / 6, 4 / 6, 5 / 6])
-    # accuracy vs ε: fraction with smallest fooling ε > ε (FGSM L∞; JSMA fraction of 784 components)
-    assert curves.accuracy_at(LINF, 0.1) == pytest.approx(4 / 6)
-    assert curves.accuracy_at(LINF, 0.0) == pytest.approx(5 / 6)
-    assert curves.accuracy_at(L0 / 784, 0.10) == pytest.approx(2 / 6)
-
-
-def test_rho_and_summary_hand_computed():
+# The metrics themselves are tested against known answers in test_evaluation_metrics.py
+# (the registry); here: the report's row of one checkpoint × search.
+def test_search_row_hand_computed():
     # ratios of the fooled samples: 0/10, .5/10, 1/5, 1/10, 2/4 -> 0, .05, .2, .1, .5
-    s = curves.summarize(L2, XN, np.isfinite(L2), l0=L0, n_inputs=784)
+    r = {"l2": L2, "x_norm": XN, "fooled": np.isfinite(L2), "l0": L0}
+    s = tables.search_metrics(r, 784, l0=True)
     assert s["n"] == 6 and s["not_fooled"] == 1 and s["n_fooled"] == 5
     assert s["already_misclassified"] == 1
     assert s["success_rate"] == pytest.approx(5 / 6)
@@ -88,30 +76,14 @@ def test_rho_and_summary_hand_computed():
     assert s["median_l2"] == pytest.approx(1.0)
     assert s["mean_l2"] == pytest.approx(4.5 / 5)
     assert s["median_l0"] == pytest.approx(78.4) and s["median_l0_frac"] == pytest.approx(0.1)
+    assert list(s)[:9] == list(metrics.SUMMARY_KEYS)
     # nothing fooled: ρ̂ undefined, not zero
-    none = curves.summarize(np.full(3, INF), np.ones(3), np.zeros(3, bool))
+    none = tables.search_metrics({"l2": np.full(3, INF), "x_norm": np.ones(3), "fooled": np.zeros(3, bool)})
     assert math.isnan(none["rho_adv"]) and none["not_fooled"] == 3 and none["success_rate"] == 0
-
-
-def test_vectorised_metrics_match_project_definitions():
-    rng = np.random.default_rng(0)
-    l2 = rng.exponential(1.0, 200)
-    l2[rng.random(200) < 0.1] = 0.0
-    l2[rng.random(200) < 0.1] = INF
-    xn = rng.uniform(5, 12, 200)
-    ref = curves.core_summarize(l2, xn, np.isfinite(l2))
-    assert curves.rho_adv(l2, xn) == pytest.approx(ref["rho_adv"])
-    assert curves.rho_adv_attacked(l2, xn) == pytest.approx(ref["rho_adv_attacked"])
-    assert curves.success_rate(l2) == pytest.approx(ref["success_rate"])
-    assert curves.median_l2(l2) == pytest.approx(ref["median_l2"])
-    assert curves.mean_l2(l2) == pytest.approx(ref["mean_l2"])
-    assert curves._fallback_summarize(l2, xn) == pytest.approx(ref, nan_ok=True)
-    # batched (bootstrap) evaluation equals row-by-row evaluation
-    idx = curves.bootstrap_indices(200, 7, np.random.default_rng(1))
-    batched = curves.rho_adv(l2[idx], xn[idx])
-    np.testing.assert_allclose(batched, [curves.rho_adv(l2[i], xn[i]) for i in idx])
-    np.testing.assert_allclose(curves.median_l2(l2[idx]), [curves.median_l2(l2[i]) for i in idx])
-    np.testing.assert_allclose(curves.error_at(l2[idx], 1.0), [curves.error_at(l2[i], 1.0) for i in idx])
+    assert "median_l0" not in none
+    # inconsistent stored rows are a clear input error
+    with pytest.raises(InputError, match="inconsistent"):
+        tables.search_metrics({"l2": np.array([1.0]), "x_norm": np.ones(1), "fooled": np.zeros(1, bool)})
 
 
 # ------------------------------------------------------------- report ----

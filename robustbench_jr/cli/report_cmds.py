@@ -12,6 +12,9 @@ from pathlib import Path
 
 import click
 
+from ..reports.gate import evaluate, junit_xml, load_policy
+from ..reports.report import write_report
+from . import render
 from .common import console, device_option, handle_errors
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -66,14 +69,11 @@ def _write_text(path: str, text: str) -> None:
 @click.option("--quiet", is_flag=True, help="No tables on the terminal.")
 @handle_errors
 def report_cmd(run_dirs, out_dir, log_x, title, as_json, quiet) -> None:
-    from ..reports import tables
-    from ..reports.report import write_report
-
     rep = write_report(run_dirs, out_dir, log_x=log_x, title=title)
     if as_json:
         click.echo(rep.files["summary.json"].read_text(encoding="utf-8"))
     if not quiet:
-        for t in tables.rich_tables(rep.summary):
+        for t in render.report_tables(rep.summary):
             console.print(t)
         n_fig = sum(1 for p in rep.files if p.endswith(".png"))
         console.print(f"[green]report:[/] {rep.html}  ({n_fig} figures as PNG+SVG, summary.json/.csv/.md in "
@@ -102,8 +102,6 @@ def report_cmd(run_dirs, out_dir, log_x, title, as_json, quiet) -> None:
 @handle_errors
 def gate_cmd(run_dir, policy_file, rules, baseline, baseline_model, models, confidence, bootstrap, seed, decide,
              junit_file, as_json, json_file, quiet) -> None:
-    from ..reports.gate import evaluate, junit_xml, load_policy, rich_table
-
     policy = load_policy(policy_file, extra_rules=rules, baseline=baseline, baseline_model=baseline_model,
                          models=list(models) or None, confidence=confidence, bootstrap=bootstrap, seed=seed,
                          decide=decide)
@@ -115,7 +113,7 @@ def gate_cmd(run_dir, policy_file, rules, baseline, baseline_model, models, conf
     if as_json:
         click.echo(res.to_json())
     if not quiet:
-        console.print(rich_table(res))
+        console.print(render.gate_table(res))
         n_fail = sum(not c.passed for c in res.checks)
         console.print("[bold green]gate passed[/]" if res.passed else
                       f"[bold red]gate failed[/]: {n_fail} of {len(res.checks)} checks")

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import JRError
-from . import curves
+from ..evaluation import metrics
 from .runs import SEARCH_COLORS, ModelData, RunData, all_models, order_searches, search_kind, search_label
 
 #: colour-blind-safe palette (Okabe–Ito), one colour per checkpoint in report order
@@ -123,7 +123,7 @@ def _x_limit(dists: list[np.ndarray]) -> float:
 
 
 def _step(ax, dist: np.ndarray, xmax: float, log_x: bool, flip: bool = False, **kw):
-    x, y = curves.error_curve(dist)
+    x, y = metrics.error_curve(dist)
     if flip:
         y = 1.0 - y
     x = np.concatenate([x, [max(xmax, x[-1])]])
@@ -168,7 +168,7 @@ def fig_error_by_search(models: list[ModelData], search: str, styles: dict, log_
     ax = fig.add_subplot()
     for m in have:
         r = m.results[search]
-        rho = curves.rho_adv(r["l2"], r["x_norm"], r["fooled"])
+        rho = metrics.rho_adv(r["l2"], r["x_norm"], r["fooled"])
         _step(ax, r["l2"], xmax, log_x, **styles[id(m)].line,
               label=f"{m.label}  (ρ̂_adv {float(rho):.3f}, N={len(r['l2'])})")
     _finish_distance_axes(ax, xmax, log_x, L2_LABEL + (" (log scale)" if log_x else ""),
@@ -270,7 +270,7 @@ def fig_rho_bars(models: list[ModelData], styles: dict) -> Optional[ReportFigure
         vals = []
         for s in searches:
             r = m.results.get(s)
-            vals.append(float(curves.rho_adv(r["l2"], r["x_norm"], r["fooled"])) if r is not None else np.nan)
+            vals.append(float(metrics.rho_adv(r["l2"], r["x_norm"], r["fooled"])) if r is not None else np.nan)
         pos = np.arange(len(searches)) + (i - (len(models) - 1) / 2) * width
         st = styles[id(m)]
         bars = ax.bar(pos, np.nan_to_num(vals), width * 0.92, color=st.color, hatch=st.hatch,

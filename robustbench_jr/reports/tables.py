@@ -1,4 +1,7 @@
-"""Summary tables (Hoffman Table 1 / Jakubovitz–Giryes Table 3 style): rich, Markdown, CSV, JSON."""
+"""Summary tables (Hoffman Table 1 / Jakubovitz–Giryes Table 3 style): rows, Markdown, CSV, JSON.
+
+Every number comes from the metric registry (:mod:`robustbench_jr.evaluation.metrics`);
+the terminal rendering of these rows (rich) lives in :mod:`robustbench_jr.cli.render`."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ import json
 import math
 from typing import Any, Optional
 
-from . import curves
+from ..errors import InputError
+from ..evaluation import metrics
 from .runs import RunData, all_models, search_kind, search_label
 
 CHECKPOINT_CAPTION = (
@@ -22,6 +26,10 @@ SEARCH_CAPTION = (
     "errors out. Success rate = fooled / N. Median/mean L2 (and L0 for JSMA) are over the same fooled samples."
 )
 
+#: the metrics whose definitions are written next to every table (summary.json "definitions")
+DEFINED_METRICS = ("n", "already_misclassified", "success_rate", "not_fooled", "rho_adv", "rho_adv_attacked",
+                   "median_l2", "mean_l2", "error_at")
+
 SEARCH_FIELDS = ["checkpoint", "run", "model", "search", "n", "n_fooled", "already_misclassified", "not_fooled",
                  "success_rate", "rho_adv", "rho_adv_attacked", "n_rho", "median_l2", "mean_l2", "median_l0",
                  "mean_l0", "median_l0_frac", "clean_accuracy", "jacobian_norm"]
@@ -33,6 +41,21 @@ def _meta_summary(meta: dict) -> dict:
         if k in meta:
             keep[k] = meta[k]
     return keep
+
+
+def search_metrics(r: dict, n_inputs: Optional[int] = None, l0: bool = False) -> dict:
+    """The numbers of one checkpoint × search row: :func:`~robustbench_jr.evaluation.metrics.summarize`
+    plus ``n_rho`` and, with ``l0`` (JSMA), ``median_l0, mean_l0`` over the fooled samples (and
+    their fractions of the ``n_inputs`` input components when that is known)."""
+    try:
+        out = metrics.summarize(r["l2"], r["x_norm"], r["fooled"])
+    except ValueError as exc:
+        raise InputError(f"stored results are inconsistent: {exc}") from None
+    names = ["n_rho"]
+    if l0:
+        names += ["median_l0", "mean_l0"] + (["median_l0_frac", "mean_l0_frac"] if n_inputs else [])
+    out.update(metrics.values(metrics.Samples.of(r, n_inputs), names))
+    return out
 
 
 def build_summary(runs: list[RunData]) -> dict:
@@ -48,13 +71,12 @@ def build_summary(runs: list[RunData]) -> dict:
         })
         for s, r in m.results.items():
             is_jsma = search_kind(s) == "jsma"
-            summ = curves.summarize(r["l2"], r["x_norm"], r["fooled"], l0=r["l0"] if is_jsma else None,
-                                    n_inputs=m.n_inputs if is_jsma else None)
+            summ = search_metrics(r, m.n_inputs if is_jsma else None, l0=is_jsma)
             rows.append({"checkpoint": m.label, "run": m.run.name, "model": m.name, "search": s,
                          "search_label": search_label(s), **summ,
                          "clean_accuracy": m.clean_acc(), "jacobian_norm": m.jacobian_norm})
     return {
-        "definitions": curves.definitions(),
+        "definitions": metrics.definitions(DEFINED_METRICS),
         "captions": {"checkpoints": CHECKPOINT_CAPTION, "searches": SEARCH_CAPTION},
         "runs": [{"name": r.name, "run_dir": str(r.run_dir), "meta": _meta_summary(r.meta),
                   "models": [m.name for m in r.models]} for r in runs],
@@ -139,36 +161,16 @@ PIVOT_CAPTION = "ρ̂_adv per search (rows) and checkpoint (columns), with the s
 TERMINAL_COLUMNS = ("Checkpoint", "Search", "ρ̂_adv", "Success rate", "Not fooled", "Median L2")
 
 
-def rich_tables(summary: dict):
-    """``rich.table.Table`` objects for the terminal: checkpoints, a compact fooling-distance
-    table, and ρ̂_adv side by side (every column is in summary.md/.csv/.json)."""
-    from rich.markup import escape
-    from rich.table import Table
-
+def terminal_tables(summary: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
+    """``(title, caption, (head, body))`` of the tables shown on the terminal: checkpoints, a
+    compact fooling-distance table and ρ̂_adv side by side (every column is in summary.md/.csv/.json)."""
     head, body = search_table_rows(summary)
     keep = [head.index(c) for c in TERMINAL_COLUMNS]
     short = {"Success rate": "Success", "Not fooled": "Not fooled", "Median L2": "Med. L2"}
     compact = ([short.get(head[i], head[i]) for i in keep], [[line[i] for i in keep] for line in body])
-    out = []
-    for title, caption, (head, body) in (
-        ("Checkpoints", CHECKPOINT_CAPTION, checkpoint_table_rows(summary)),
-        ("Fooling distances", SEARCH_CAPTION, compact),
-        ("ρ̂_adv side by side", PIVOT_CAPTION, pivot_rows(summary)),
-    ):
-        t = Table(title=title, caption=caption, caption_justify="left", header_style="bold cyan")
-        left = 1 if head[0] == "Search" else 2
-        for i, h in enumerate(head):
-            width = max([len(line[i]) for line in body] or [1])
-            t.add_column(h, justify="left" if i < left or h == "Source" else "right", overflow="fold",
-                         min_width=None if h == "Source" else width)
-        prev = None
-        for line in body:
-            if title == "Fooling distances" and prev is not None and line[0] != prev:
-                t.add_section()
-            prev = line[0]
-            t.add_row(*(escape(c) for c in line))
-        out.append(t)
-    return out
+    return [("Checkpoints", CHECKPOINT_CAPTION, checkpoint_table_rows(summary)),
+            ("Fooling distances", SEARCH_CAPTION, compact),
+            ("ρ̂_adv side by side", PIVOT_CAPTION, pivot_rows(summary))]
 
 
 def _md_escape(s: str) -> str:
