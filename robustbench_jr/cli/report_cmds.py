@@ -12,8 +12,11 @@ from pathlib import Path
 
 import click
 
+from ..evaluation.cells import checkpoint_cross_sections
+from ..reports.cells import save_cells
 from ..reports.gate import evaluate, junit_xml, load_policy
 from ..reports.report import write_report
+from ..runtime import resolve_device
 from . import render
 from .common import console, device_option, handle_errors
 
@@ -140,11 +143,9 @@ def cells_cmd(checkpoints, index, plane, dataset, data_root, radius, resolution,
               device) -> None:
     from rich.table import Table
 
-    from ..reports.cells import cross_sections, save_cells
-    from .common import resolve_device
-
-    res = cross_sections(list(checkpoints), index=index, plane=plane, dataset=dataset, data_root=data_root,
-                         radius=radius, resolution=resolution, seed=seed, device=resolve_device(device))
+    res = checkpoint_cross_sections(list(checkpoints), index=index, plane=plane, dataset=dataset,
+                                    data_root=data_root, radius=radius, resolution=resolution, seed=seed,
+                                    device=resolve_device(device))
     paths = save_cells(res, Path(out_dir))
     if as_json:
         click.echo(paths["json"].read_text(encoding="utf-8"))
