@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..attacks.base import eval_mode
-from ..config import build_config
+from ..config import build_config, check_constraints, param
 from ..data import get_dataset_info
 from ..errors import ConfigError
 from ..runtime import EventHandler, resolve_device
@@ -70,22 +70,24 @@ class AuditConfig:
     save_adversarials: also write the adversarial images as safetensors shards.
     """
 
-    attacks: list[str] = field(default_factory=lambda: list(ALL_SEARCHES))
-    budget: str = "paper"
-    n: int = 100
-    subset: str = "first"
-    batch_size: int = 50
+    attacks: list[str] = param(default_factory=lambda: list(ALL_SEARCHES), doc="searches to run")
+    budget: str = param("paper", choices=tuple(BUDGETS), doc="search budget")
+    n: int = param(100, ge=1, doc="number of test samples")
+    subset: str = param("first", choices=SUBSETS, doc="the first n test samples or n random ones")
+    batch_size: int = param(50, ge=1, doc="samples per batch")
     dataset: Optional[str] = None
     arch: Optional[str] = None  # architecture of bare .pt/.pth/.safetensors state dicts
     data_root: Optional[str] = None
-    source: str = "auto"
+    source: str = param("auto", choices=SOURCES, doc="where the test samples come from")
     device: str = "auto"
-    seed: int = 0
+    seed: int = param(0, doc="seed of all random draws")
     searches: dict = field(default_factory=dict)
     noise_sigmas: list[float] = field(default_factory=lambda: list(DEFAULT_SIGMAS))
     save_adversarials: bool = False
 
     def validate(self) -> None:
+        """Normalise the search list (``all`` expanded, names checked), the per-search
+        overrides and the σ grid; ranges and choices are the fields' (``param``)."""
         valid = known_searches()
         attacks = self.attacks
         if isinstance(attacks, str):
@@ -95,8 +97,7 @@ class AuditConfig:
         expanded: list[str] = []
         for a in attacks:
             a = a.strip().lower()
-            names = valid if a == "all" else [a]
-            for name in names:
+            for name in (valid if a == "all" else [a]):
                 if name not in valid:
                     raise ConfigError(f"unknown search {name!r}; valid searches: all, {', '.join(valid)}")
                 if name not in expanded:
@@ -104,18 +105,6 @@ class AuditConfig:
         if not expanded:
             raise ConfigError(f"no search selected; valid searches: all, {', '.join(valid)}")
         self.attacks = expanded
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
-            raise ConfigError(f"n must be a positive integer, got {self.n!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if self.budget not in BUDGETS:
-            raise ConfigError(f"unknown budget {self.budget!r}; valid: {', '.join(BUDGETS)}")
-        if self.subset not in SUBSETS:
-            raise ConfigError(f"unknown subset {self.subset!r}; valid: {', '.join(SUBSETS)}")
-        if self.source not in SOURCES:
-            raise ConfigError(f"unknown source {self.source!r}; valid: {', '.join(SOURCES)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         if self.searches is None:
             self.searches = {}
         if not isinstance(self.searches, dict):
@@ -136,7 +125,6 @@ class AuditConfig:
         if any(not math.isfinite(s) or s < 0 for s in sig):
             raise ConfigError(f"noise_sigmas must be finite and >= 0, got {sig}")
         self.noise_sigmas = sig
-
 
 
 # ---------------------------------------------------------------------------
@@ -326,6 +314,7 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
     :func:`robustbench_jr.attacks.build_search` (for tests and plug-ins).
     """
     config = config if config is not None else AuditConfig()
+    check_constraints(config, "audit config")
     config.validate()
     device = resolve_device(config.device)
     # everything that can fail on bad input happens before anything is written
