@@ -93,7 +93,7 @@ class CWSearch(Search):
     name = "cw"
     Config = CWConfig
 
-    def _search(self, model, x, y, ids, generator):
+    def _search(self, model, x, y, ids, seed):
         cfg = self.config
         b = x.shape[0]
         dev = x.device

@@ -87,7 +87,7 @@ class DeepFoolSearch(Search):
     name = "deepfool"
     Config = DeepFoolConfig
 
-    def _search(self, model, x, y, ids, generator):
+    def _search(self, model, x, y, ids, seed):
         cfg = self.config
         b = x.shape[0]
         dev = x.device

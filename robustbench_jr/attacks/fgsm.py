@@ -117,7 +117,7 @@ class FGSMSearch(Search):
     name = "fgsm"
     Config = FGSMConfig
 
-    def _search(self, model, x, y, ids, generator):
+    def _search(self, model, x, y, ids, seed):
         b = x.shape[0]
         dev = x.device
         tally = Tally(b, dev)

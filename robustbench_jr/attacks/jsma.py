@@ -107,7 +107,7 @@ class JSMASearch(Search):
     name = "jsma"
     Config = JSMAConfig
 
-    def _search(self, model, x, y, ids, generator):
+    def _search(self, model, x, y, ids, seed):
         cfg = self.config
         b = x.shape[0]
         dev = x.device

@@ -56,12 +56,12 @@ class NoiseSearch(Search):
     Config = NoiseConfig
     uses_gradients = False
 
-    def _search(self, model, x, y, ids, generator):
+    def _search(self, model, x, y, ids, seed):
         cfg = self.config
         b = x.shape[0]
         dev, dt = x.device, x.dtype
         tally = Tally(b, dev)
-        gens = sample_generators(generator, ids, self.name, dev)
+        gens = sample_generators(seed, ids, self.name, dev)
         max_mag = cfg.max_magnitude if cfg.max_magnitude is not None else 10.0 * math.sqrt(x[0].numel())
         best_adv = torch.full_like(x, float("nan"))
         best_d = torch.full((b,), float("inf"), dtype=torch.float64, device=dev)

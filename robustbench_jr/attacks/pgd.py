@@ -39,7 +39,7 @@ class PGDSearch(Search):
     name = "pgd"
     Config = PGDConfig
 
-    def _search(self, model, x, y, ids, generator):
+    def _search(self, model, x, y, ids, seed):
         cfg = self.config
         b = x.shape[0]
         dev = x.device

@@ -11,8 +11,10 @@ import click
 
 from ..config import read_yaml, spec_of
 from ..training import TrainConfig, train
+from ..training import finetune as finetune_model
 from ..training.config import build_train_config
 from .common import config_option, console, device_option, handle_errors
+from .progress import RichEvents
 
 
 #: TrainConfig fields that are not command-line options (``--device`` is the shared device_option)
@@ -90,12 +92,17 @@ def _train_options(fn):
 _NOT_CONFIG = {"config_file", "out", "resume", "quiet", "as_json", "checkpoint", "arch", "num_classes"}
 
 
-def _build(kwargs, base: dict | None = None, finetune: bool = False) -> TrainConfig:
+def _layers(kwargs) -> list[dict]:
+    """The config file's mapping, then the options the user typed (later wins)."""
     file_layer = read_yaml(kwargs["config_file"]) if kwargs.get("config_file") else {}
     cli_layer = {k: v for k, v in kwargs.items() if k not in _NOT_CONFIG}
     if cli_layer.get("device") == "auto" and "device" in file_layer:
         cli_layer["device"] = None  # the option's default must not override the file
-    return build_train_config([base, file_layer, cli_layer], where="training config", finetune=finetune)
+    return [file_layer, cli_layer]
+
+
+def _build(kwargs) -> TrainConfig:
+    return build_train_config(_layers(kwargs), where="training config")
 
 
 def _finish(card: dict, out: str, as_json: bool) -> None:
@@ -128,7 +135,8 @@ def main():
 def fit(**kwargs):
     """Train a model from scratch (Hoffman et al. protocol by default)."""
     cfg = _build(kwargs)
-    card = train(cfg, kwargs["out"], resume=kwargs["resume"], progress=not kwargs["quiet"])
+    with RichEvents(console, enabled=not kwargs["quiet"], stats=True) as on_event:
+        card = train(cfg, kwargs["out"], resume=kwargs["resume"], on_event=on_event)
     _finish(card, kwargs["out"], kwargs["as_json"])
 
 
@@ -147,14 +155,9 @@ def finetune(checkpoint, arch, num_classes, **kwargs):
     Defaults: Adam lr 1e-4, batch 500, 2000 steps, exact Jacobian penalty of
     Jakubovitz–Giryes eq. (4) with λ = 0.1. The card names the parent checkpoint.
     """
-    from ..models import load_checkpoint
-
-    model, parent_card = load_checkpoint(checkpoint, arch=arch, dataset=kwargs.get("dataset"), num_classes=num_classes)
-    cfg = _build(kwargs, {"model": parent_card["architecture"], "dataset": parent_card["dataset"]}, finetune=True)
-    parent = {"checkpoint": str(checkpoint), "architecture": parent_card["architecture"],
-              "metrics": parent_card.get("metrics")}
-    card = train(cfg, kwargs["out"], resume=kwargs["resume"], init_model=model, parent=parent,
-                 progress=not kwargs["quiet"])
+    with RichEvents(console, enabled=not kwargs["quiet"], stats=True) as on_event:
+        card = finetune_model(checkpoint, kwargs["out"], _layers(kwargs), arch=arch, num_classes=num_classes,
+                              resume=kwargs["resume"], on_event=on_event)
     _finish(card, kwargs["out"], kwargs["as_json"])
 
 

@@ -6,7 +6,7 @@ import base64
 import html
 from typing import Optional
 
-from .. import __version__
+from .._version import __version__
 from . import tables
 from .plots import ReportFigure
 
