@@ -339,6 +339,32 @@ def input_gradient(model: nn.Module, x: torch.Tensor, loss_fn) -> tuple[torch.Te
     return logits.detach(), g
 
 
+def bisect_fooling(lo: torch.Tensor, hi: torch.Tensor, adv: torch.Tensor, evaluate, rtol: float,
+                   max_rounds: Optional[int] = None, allowed=None) -> None:
+    """Per-sample bisection of a fooling magnitude, in place.
+
+    ``hi`` (finite where a fooling magnitude is known) fools, ``lo`` does not; each round
+    evaluates the midpoint of every bracket still wider than ``rtol · hi`` (and, if given,
+    where ``allowed()`` is True) with ``evaluate(idx, m) -> (candidates, fooled)``, and
+    narrows it; the fooling candidates go to ``adv``. Stops after ``max_rounds`` rounds.
+    """
+    rounds = 0
+    while max_rounds is None or rounds < max_rounds:
+        act = torch.isfinite(hi) & (hi - lo > rtol * hi)
+        if allowed is not None:
+            act &= allowed()
+        idx = act.nonzero().squeeze(1)
+        if not idx.numel():
+            break
+        mid = 0.5 * (lo[idx] + hi[idx])
+        cand, fooled = evaluate(idx, mid)
+        f_idx = idx[fooled]
+        hi[f_idx] = mid[fooled]
+        adv[f_idx] = cand[fooled]
+        lo[idx[~fooled]] = mid[~fooled]
+        rounds += 1
+
+
 def warn_zero_gradients(name: str, count: int) -> None:
     """Warn that ``count`` samples have an all-zero input gradient (auto-attack style check)."""
     if count:

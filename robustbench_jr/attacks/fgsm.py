@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import param
 from ..errors import ConfigError
-from .base import Found, Search, Tally, input_gradient, warn_zero_gradients
+from .base import Found, Search, Tally, bisect_fooling, input_gradient, warn_zero_gradients
 
 
 @dataclass
@@ -97,17 +97,7 @@ def smallest_fooling_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: 
         adv[f_idx] = cand[fooled]
         lo[idx[~fooled]] = eps
         searching[f_idx] = False
-    for _ in range(cfg.max_bisection):
-        act = torch.isfinite(hi) & (hi - lo > cfg.rtol * hi)
-        idx = act.nonzero().squeeze(1)
-        if not idx.numel():
-            break
-        mid = 0.5 * (lo[idx] + hi[idx])
-        cand, fooled = evaluate(idx, mid)
-        f_idx = idx[fooled]
-        hi[f_idx] = mid[fooled]
-        adv[f_idx] = cand[fooled]
-        lo[idx[~fooled]] = mid[~fooled]
+    bisect_fooling(lo, hi, adv, evaluate, cfg.rtol, max_rounds=cfg.max_bisection)
     return hi, adv
 
 

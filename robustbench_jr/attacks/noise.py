@@ -25,7 +25,7 @@ import torch
 
 from ..config import param
 from ..errors import ConfigError
-from .base import Found, Search, Tally, sample_generators
+from .base import Found, Search, Tally, bisect_fooling, sample_generators
 
 
 @dataclass
@@ -115,15 +115,5 @@ class NoiseSearch(Search):
             growing[f_idx] = False
             growing[n_idx[stop]] = False
         # bisection phase
-        while True:
-            act = torch.isfinite(hi) & (hi - lo > cfg.rtol * hi) & (used < cfg.max_forward)
-            idx = act.nonzero().squeeze(1)
-            if not idx.numel():
-                break
-            mid = 0.5 * (lo[idx] + hi[idx])
-            cand, fooled = evaluate(idx, mid)
-            f_idx = idx[fooled]
-            hi[f_idx] = mid[fooled]
-            adv[f_idx] = cand[fooled]
-            lo[idx[~fooled]] = mid[~fooled]
+        bisect_fooling(lo, hi, adv, evaluate, cfg.rtol, allowed=lambda: used < cfg.max_forward)
         return adv, torch.isfinite(hi)
