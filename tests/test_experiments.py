@@ -381,3 +381,48 @@ def test_check_details_show_enough_digits_to_tell_compared_values_apart():
     assert _telling_digits([(83.3, 80.1)], 1) == 1            # already apart: unchanged
     assert _telling_digits([(0.5, 0.5)], 2) == 2              # a true tie stays as it is
     assert _telling_digits([(1.00001, 1.0)], 1) == 4          # at most 3 more digits
+
+
+def test_checks_are_gate_rules_decided_by_the_gate_evaluator(tmp_path):
+    """Each check of table.yaml becomes a rule over the table's cells (COLUMN[RUN]) that the
+    gate's evaluator decides: PASS/FAIL, PENDING while a number is missing, FAIL as soon as
+    the numbers it has decide it."""
+    from robustbench_jr.experiments.checks import evaluate_check
+    from robustbench_jr.reports.gate import Rule
+
+    root = _tiny_tables(tmp_path / "experiments")
+    t = load_table(root / "t1")
+    rules = {c.name: c.rule.text for c in t.checks}
+    assert rules == {
+        "ratio that holds": "jnorm[plain] / jnorm[jr] >= 0.0",
+        "ratio that fails": "jnorm[plain] / jnorm[jr] >= 1000000000.0",
+        "accuracy near the paper": "abs(acc[plain] - 50.0) <= 100.0 and abs(acc[jr] - 50.0) <= 100.0",
+        "an order": "jnorm[jr] < jnorm[plain]",
+    }
+    assert all(isinstance(c.rule, Rule) for c in t.checks)
+
+    def rows(plain_acc, jr_acc, plain_j, jr_j):
+        return {"plain": {"cells": {"acc": {"ours": plain_acc, "paper": 50.0}, "jnorm": {"ours": plain_j, "paper": 30.0}}},
+                "jr": {"cells": {"acc": {"ours": jr_acc, "paper": 50.0}, "jnorm": {"ours": jr_j, "paper": 1.0}}}}
+
+    def results(r):
+        return {c.name: evaluate_check(c, t, r) for c in t.checks}
+
+    done = results(rows(97.0, 98.0, 30.0, 1.5))
+    assert {k: v["status"] for k, v in done.items()} == {
+        "ratio that holds": "PASS", "ratio that fails": "FAIL", "accuracy near the paper": "PASS", "an order": "PASS"}
+    assert done["ratio that holds"]["detail"] == "plain / jr = 30.000 / 1.500 = 20.00 (≥ 0)"
+    assert done["ratio that holds"]["value"] == 20.0 and done["an order"]["rule"] == "jnorm[jr] < jnorm[plain]"
+    assert done["accuracy near the paper"]["detail"] == ("|ours − paper| ≤ 100: plain 97.0 vs 50 (+47.0); "
+                                                          "jr 98.0 vs 50 (+48.0)")
+    assert done["an order"]["detail"] == "jr 1.500 < plain 30.000"
+
+    waiting = results(rows(None, 98.0, None, 1.5))
+    assert {k: v["status"] for k, v in waiting.items()} == {
+        "ratio that holds": "PENDING", "ratio that fails": "PENDING", "accuracy near the paper": "PENDING",
+        "an order": "PENDING"}
+    assert waiting["an order"]["detail"] == "jr < plain: waiting for numbers"
+    assert waiting["accuracy near the paper"]["detail"] == "|ours − paper| ≤ 100: plain pending (paper 50); jr 98.0 vs 50 (+48.0)"
+    # one run already off by more than the tolerance: FAIL whatever the missing number will be
+    off = results(rows(None, 200.0, None, 1.5))["accuracy near the paper"]
+    assert off["status"] == "FAIL" and off["detail"].endswith("jr 200.0 vs 50 (+150.0) ✗")

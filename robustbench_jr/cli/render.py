@@ -64,3 +64,14 @@ def gate_table(res: GateResult) -> Table:
     for r in rows:
         t.add_row(*r)
     return t
+
+
+def plan_table(plan: dict) -> Table:
+    """What `jr-train table --dry-run` would train and evaluate (:meth:`Runner.plan`)."""
+    t = Table(title=f"plan: {plan['table']}", title_justify="left")
+    for c in ("run", "trained as", "status", "steps", "lr_step", "evaluations", "directory"):
+        t.add_column(c)
+    for row in plan["plan"]:
+        t.add_row(row["run"], row["trained_as"], f"{row['status']} ({row['detail']})" if row["detail"] else row["status"],
+                  str(row["steps"]), str(row["lr_step"]), "; ".join(row["evaluations"]) or "card only", row["dir"])
+    return t

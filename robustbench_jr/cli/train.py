@@ -161,7 +161,7 @@ def finetune(checkpoint, arch, num_classes, **kwargs):
     _finish(card, kwargs["out"], kwargs["as_json"])
 
 
-from ..experiments.cli import table as _table  # noqa: E402  (`jr-train table`)
+from .table import table as _table  # noqa: E402  (`jr-train table`)
 main.add_command(_table)
 
 if __name__ == "__main__":  # pragma: no cover

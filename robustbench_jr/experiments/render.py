@@ -1,8 +1,11 @@
-"""Collect a table's numbers from its results, evaluate the checks, write table.md / table.json."""
+"""Collect a table's numbers from its results, decide the checks, write table.md / table.json.
+
+Audit numbers are read from the metric registry (:mod:`robustbench_jr.evaluation.metrics`);
+the checks are gate rules decided by the gate's evaluator (:mod:`.checks`).
+"""
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import os
@@ -11,12 +14,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import yaml
 
+from ..attacks import SEARCHES
+from ..errors import InputError
+from ..evaluation import metrics
+from ..evaluation.audit import summarize_run
+from ..evaluation.store import ResultStore
+from ..models import NORMALIZATIONS
 from ..models.checkpoint import sha256_file
+from ..reports.report import write_report
+from ..runtime import now
+from .checks import FAIL, PASS, PENDING, _fmt, _telling_digits, evaluate_check  # noqa: F401
 from .runner import AUDIT_DIR, Runner, _read_card, build_run_config, hardware, hardware_line, read_eval
-from .spec import Check, TableSpec, check_columns, check_runs
-
-PASS, FAIL, PENDING = "PASS", "FAIL", "PENDING"
+from .spec import AUDIT_KEYS, CARD_METRICS, EVAL_METRICS, TableSpec, audit_metric
 
 
 # ---------------------------------------------------------------------------
@@ -27,11 +38,20 @@ def _sigma_key(s: Any) -> str:
     return f"{float(s):g}"
 
 
-def audit_metrics(adir: Path, weights_sha: Optional[str]) -> tuple[dict, str]:
-    """Metrics of the one-model audit in ``adir`` and its state (complete | partial | stale | missing)."""
-    from ..evaluation.audit import summarize_run
-    from ..evaluation.store import ResultStore
+def _n_inputs(card: Optional[dict]) -> Optional[int]:
+    shape = (card or {}).get("input_shape")
+    try:
+        return int(np.prod([int(x) for x in shape])) if shape else None
+    except (TypeError, ValueError):
+        return None
 
+
+def audit_metrics(adir: Path, weights_sha: Optional[str], extra: tuple = ()) -> tuple[dict, str]:
+    """Metrics of the one-model audit in ``adir`` and its state (complete | partial | stale | missing).
+
+    Per model: ``audit.clean_accuracy``, ``audit.jacobian_norm``, ``audit.noise_accuracy@SIGMA``
+    for every stored σ; per search ``audit.SEARCH.KEY`` for :data:`~.spec.AUDIT_KEYS`; and the
+    column metrics ``extra`` (``audit.…`` names), all computed by the metric registry."""
     if not (adir / "results.sqlite").is_file():
         return {}, "missing"
     out: dict = {}
@@ -46,15 +66,24 @@ def audit_metrics(adir: Path, weights_sha: Optional[str]) -> tuple[dict, str]:
         if weights_sha and ident[0].get("weights_sha256") not in (None, "", weights_sha):
             state = "stale"
         s = summarize_run(store, [name])["models"][0]
-        out["audit.clean_accuracy"] = s.get("clean_accuracy")
-        out["audit.jacobian_norm"] = s.get("jacobian_norm")
-        for row in s.get("noise_accuracy") or []:
-            out[f"audit.noise_accuracy@{_sigma_key(row['sigma'])}"] = row["accuracy"]
-        for search, summ in (s.get("searches") or {}).items():
-            for k, v in summ.items():
-                out[f"audit.{search}.{k}"] = v
-            l2 = store.results(name, search)["l2"]
-            out[f"audit.{search}.d50"] = float(np.median(l2)) if l2.size else float("nan")
+        noise = s.get("noise_accuracy") or []
+        stats = metrics.ModelStats(s.get("clean_accuracy"), s.get("jacobian_norm"),
+                                   np.array([row["sigma"] for row in noise]) if noise else None,
+                                   np.array([row["accuracy"] for row in noise]) if noise else None)
+        wanted = [(n, None, ()) for n in ("clean_accuracy", "jacobian_norm")]
+        wanted += [("noise_accuracy", None, (float(row["sigma"]),)) for row in noise]
+        searches = list(s.get("searches") or {})
+        wanted += [(k, search, ()) for search in searches for k in AUDIT_KEYS]
+        wanted += [am for am in map(audit_metric, extra) if am is not None and (am[1] is None or am[1] in searches)]
+        samples = {search: metrics.Samples.of(store.results(name, search), _n_inputs(models[0].get("card")))
+                   for search in searches}
+        for n, search, args in wanted:
+            key = "audit." + (f"{search}.{n}" if search else n) + ("@" + _sigma_key(args[0]) if args else "")
+            try:
+                v = float(metrics.compute(n, samples[search] if search else stats, *args))
+            except InputError:
+                v = None  # not stored for this run (e.g. no clean accuracy, no input_shape for L0)
+            out[key] = int(v) if v is not None and metrics.get(n).count and math.isfinite(v) else v
     return out, ("complete" if state == "complete" else state)
 
 
@@ -103,11 +132,7 @@ def collect(runner: Runner, table: TableSpec) -> dict:
                 notes.append(f"accuracy on {r.domain_shift} pending")
         audit_state = None
         if r.audit is not None and card is not None:
-            try:
-                am, audit_state = audit_metrics(edir / AUDIT_DIR, sha)
-            except ImportError:
-                am, audit_state = {}, "missing"
-                notes.append("audit package not installed")
+            am, audit_state = audit_metrics(edir / AUDIT_DIR, sha, tuple(c.metric for c in table.columns))
             if audit_state == "stale":
                 notes.append("audit was run on other weights; rerun the table to redo it")
                 am = {}
@@ -139,12 +164,12 @@ def collect(runner: Runner, table: TableSpec) -> dict:
             "results_dir": str(runner.out_dir(table)), "scaling": runner.opt.scaling.describe(),
             "scaled": not runner.opt.scaling.is_full, "hardware": hardware(),
             "columns": [c.__dict__ for c in table.columns], "runs": rows, "checks": checks,
-            "pivot": table.pivot, "generated": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "pivot": table.pivot, "generated": now(),
             "command": " ".join(["jr-train"] + sys.argv[1:]) if sys.argv and "jr-train" in sys.argv[0] else None}
 
 
 # ---------------------------------------------------------------------------
-# checks
+# cells
 # ---------------------------------------------------------------------------
 
 def _not_measured(metric: str, audited: bool, searched: set) -> bool:
@@ -157,127 +182,11 @@ def _not_measured(metric: str, audited: bool, searched: set) -> bool:
     name = metric.split(".")[1].split("@")[0]
     if name == "noise_accuracy":
         name = "noise"
-    from ..attacks import SEARCHES
-
     return name in SEARCHES and name not in searched
 
 
 def _cell(cell: dict, digits: int) -> str:
     return "–" if cell.get("not_measured") else _fmt(cell["ours"], digits)
-
-
-def _fmt(v: Optional[float], digits: int = 2) -> str:
-    if v is None:
-        return "pending"
-    if isinstance(v, float) and math.isinf(v):
-        return "∞" if v > 0 else "-∞"
-    if isinstance(v, float) and math.isnan(v):
-        return "–"
-    return f"{v:.{digits}f}"
-
-
-def _telling_digits(pairs, digits: int) -> int:
-    """Digits (at most 3 more than ``digits``) at which the compared values of ``pairs`` show as
-    different numbers, so a detail never reads "64.1 > 64.1" when 64.13 > 64.09 decided it."""
-    d = digits
-    while d < digits + 3 and any(a != b and _fmt(a, d) == _fmt(b, d) for a, b in pairs):
-        d += 1
-    return d
-
-
-def evaluate_check(check: Check, table: TableSpec, rows: dict) -> dict:
-    p = check.params
-    col = table.column(check.column)
-    d = col.digits
-
-    def val(run: str, key: Optional[str] = None) -> Optional[float]:
-        return rows[run]["cells"][key or check.column]["ours"]
-
-    res = {"name": check.name, "kind": check.kind, "acceptance": check.acceptance, "note": check.note,
-           "column": check.column, "runs": check_runs(check, table), "columns": check_columns(check)}
-    status, detail = PENDING, ""
-    if check.kind == "ratio":
-        a, b = val(p["numerator"]), val(p["denominator"])
-        bounds = " and ".join(x for x in (f"≥ {p['min']:g}" if "min" in p else "",
-                                          f"≤ {p['max']:g}" if "max" in p else "") if x)
-        if a is None or b is None:
-            detail = f"{p['numerator']} / {p['denominator']} {bounds}: waiting for numbers"
-        else:
-            ratio = a / b if b != 0 else math.inf
-            ok = ("min" not in p or ratio >= p["min"]) and ("max" not in p or ratio <= p["max"])
-            status = PASS if ok else FAIL
-            detail = (f"{p['numerator']} / {p['denominator']} = {_fmt(a, d)} / {_fmt(b, d)} = {ratio:.2f} "
-                      f"({bounds})")
-            res["value"] = ratio
-    elif check.kind == "paper":
-        tol = p["tolerance"]
-        parts, fails, missing = [], 0, 0
-        for rn in res["runs"]:
-            ours, paper = val(rn), rows[rn]["cells"][check.column]["paper"]
-            if paper is None:
-                continue
-            if ours is None:
-                missing += 1
-                parts.append(f"{rn} pending (paper {paper:g})")
-                continue
-            diff = ours - paper
-            if p.get("relative"):
-                rel = diff / abs(paper) if paper else math.inf
-                bad = abs(rel) > tol
-                shown = f"{rel:+.0%}"
-            else:
-                bad = abs(diff) > tol
-                shown = f"{diff:+.{d}f}"
-            fails += bad
-            parts.append(f"{rn} {_fmt(ours, d)} vs {paper:g} ({shown}){' ✗' if bad else ''}")
-        status = FAIL if fails else (PENDING if missing or not parts else PASS)
-        rule = f"|ours/paper − 1| ≤ {tol:g}" if p.get("relative") else f"|ours − paper| ≤ {tol:g}"
-        detail = f"{rule}: " + "; ".join(parts)
-    elif check.kind == "order":
-        incr = p["direction"] == "increasing"
-        if "runs" in p:
-            items = [(rn, val(rn)) for rn in p["runs"]]
-        else:
-            items = [(f"{table.column(k).label}", val(p["run"], k)) for k in p["columns"]]
-        sign = " < " if incr else " > "
-        if any(v is None for _, v in items):
-            detail = sign.join(n for n, _ in items) + ": waiting for numbers"
-        else:
-            vals = [v for _, v in items]
-            ok = all((x < y) if incr else (x > y) for x, y in zip(vals, vals[1:]))
-            status = PASS if ok else FAIL
-            d = _telling_digits(list(zip(vals, vals[1:])), d)
-            detail = sign.join(f"{n} {_fmt(v, d)}" for n, v in items)
-            if "run" in p:
-                detail = f"{p['run']}: " + detail
-    elif check.kind == "compare":
-        hi = [(rn, val(rn)) for rn in p["higher"]]
-        lo = [(rn, val(rn)) for rn in p["lower"]]
-        if any(v is None for _, v in hi + lo):
-            detail = f"min({', '.join(p['higher'])}) > max({', '.join(p['lower'])}): waiting for numbers"
-        else:
-            ok = min(v for _, v in hi) > max(v for _, v in lo)
-            status = PASS if ok else FAIL
-            d = _telling_digits([(min(v for _, v in hi), max(v for _, v in lo))], d)
-            detail = (f"min({', '.join(f'{n} {_fmt(v, d)}' for n, v in hi)}) > "
-                      f"max({', '.join(f'{n} {_fmt(v, d)}' for n, v in lo)})")
-    elif check.kind == "spread":
-        vals = [(rn, val(rn)) for rn in p["runs"]]
-        lim = " and ".join(x for x in (f"max − min ≤ {p['max_abs']:g}" if "max_abs" in p else "",
-                                       f"(max − min)/mean ≤ {p['max_rel']:g}" if "max_rel" in p else "") if x)
-        if any(v is None for _, v in vals):
-            detail = f"{lim}: waiting for numbers"
-        else:
-            vs = [v for _, v in vals]
-            spread = max(vs) - min(vs)
-            mean = sum(vs) / len(vs)
-            rel = spread / abs(mean) if mean else math.inf
-            ok = ("max_abs" not in p or spread <= p["max_abs"]) and ("max_rel" not in p or rel <= p["max_rel"])
-            status = PASS if ok else FAIL
-            detail = (", ".join(f"{n} {_fmt(v, d)}" for n, v in vals)
-                      + f": max − min = {spread:.{d}f}, relative {rel:.3f} ({lim})")
-    res["status"], res["detail"] = status, detail
-    return res
 
 
 # ---------------------------------------------------------------------------
@@ -396,8 +305,6 @@ def markdown(data: dict, table: TableSpec) -> str:
     if extras:
         lines += ["## Figures", ""] + extras + [""]
     lines += ["## Columns", ""]
-    from .spec import CARD_METRICS, EVAL_METRICS
-
     for c in cols:
         what = CARD_METRICS.get(c.metric) or EVAL_METRICS.get(c.metric) or c.metric
         lines.append(f"- {c.label}: `{c.metric}`" + (f" × {c.scale:g}" if c.scale != 1 else "") + f" — {what}")
@@ -408,10 +315,6 @@ def markdown(data: dict, table: TableSpec) -> str:
 def training_curves(runner: Runner, table: TableSpec, out: Path) -> Optional[Path]:
     """Held-out accuracy and ‖J‖_F against the step for the table's runs (Hoffman Fig. 2)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
-    import yaml
-
-    from ..models import NORMALIZATIONS
-
     series = []
     for r in table.runs:
         t, tr = runner.cat.resolve(table, r.name)
@@ -462,8 +365,6 @@ def write_outputs(runner: Runner, table: TableSpec, data: dict) -> None:
                    if r.audit is not None and (out / r.name / AUDIT_DIR / "results.sqlite").is_file()]
         if audited:
             try:
-                from ..reports.report import write_report
-
                 # legends name each model as the table does (a reused checkpoint is not
                 # shown under the name of the run it came from)
                 write_report([str(out / n / AUDIT_DIR) for n in audited], out / "report", title=table.title,
@@ -471,16 +372,14 @@ def write_outputs(runner: Runner, table: TableSpec, data: dict) -> None:
                 data["report"] = str(out / "report" / "report.html")
             except Exception as exc:  # the table must not be lost over a figure
                 data["report_error"] = f"{type(exc).__name__}: {exc}"
-                runner.console.print(f"[yellow]warning:[/] audit report not written: {data['report_error']}",
-                                     highlight=False)
+                runner.warn(f"audit report not written: {data['report_error']}")
     if "training_curves" in table.figures:
         try:
             p = training_curves(runner, table, out)
             if p is not None:
                 data.setdefault("figures", []).append(str(p))
         except Exception as exc:
-            runner.console.print(f"[yellow]warning:[/] training curves not drawn: {type(exc).__name__}: {exc}",
-                                 highlight=False)
+            runner.warn(f"training curves not drawn: {type(exc).__name__}: {exc}")
     for name, text in (("table.md", markdown(data, table)),
                        ("table.json", json.dumps(_json_safe(data), indent=2, ensure_ascii=False))):
         tmp = out / (name + ".tmp")
@@ -488,4 +387,4 @@ def write_outputs(runner: Runner, table: TableSpec, data: dict) -> None:
         os.replace(tmp, out / name)
     acc = [c for c in data["checks"] if c["acceptance"]]
     summary = ", ".join(f"{c['name']}: {c['status']}" for c in acc) or "no acceptance checks"
-    runner.console.print(f"[green]table[/] {out / 'table.md'} — {summary}", highlight=False)
+    runner.say("written", f"table {out / 'table.md'} — {summary}")

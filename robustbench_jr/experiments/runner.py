@@ -1,4 +1,9 @@
-"""Run an experiment table: train (or skip) its runs, evaluate them, write table.md/json.
+"""Run an experiment table's jobs: train (or skip) its runs and evaluate them.
+
+Writing the table (numbers, checks, table.md/json) is :mod:`.render`'s; running a table
+from start to end (train, evaluate, render) is :mod:`.pipeline`'s. Messages and progress
+leave through ``RunnerOptions.on_event`` (:class:`robustbench_jr.runtime.Event`): ``info``
+events carry a ``tag`` in their data (``skip``, ``train``, ``resume``, ``eval``, ``audit``).
 
 Layout of the results (``--results``, default ``results/``)::
 
@@ -21,99 +26,36 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 import yaml
 
-from ..config import build_config, read_yaml, to_dict
-from ..training.config import build_train_config
+from .. import runtime
+from ..config import build_config, to_dict
+from ..data import load_dataset
 from ..errors import ConfigError
+from ..evaluation.audit import AuditConfig, run_audit
+from ..evaluation.store import ResultStore
+from ..models import load_checkpoint
 from ..models.checkpoint import sha256_file
-from .spec import Catalog, RunSpec, TableSpec, load_table, table_dirs
+from ..runtime import EventHandler, emit
+from ..training import train
+from ..training.loop import accuracy
+from .configs import EXECUTION_ONLY, Scaling, build_run_config, config_differences, finetune_defaults  # noqa: F401
+from .spec import Catalog, RunSpec, TableSpec
 
-#: TrainConfig fields that place a run but do not change its results
-EXECUTION_ONLY = ("device", "data_root")
 EVAL_FILE = "eval.json"
 AUDIT_DIR = "audit"
+PROGRESS_EVENTS = ("task", "advance", "done")
 
 
 # ---------------------------------------------------------------------------
 # scaling and options
 # ---------------------------------------------------------------------------
-
-@dataclass
-class Scaling:
-    """Shorter runs for smoke tests and CPU: steps (and lr_step) × ``steps_scale``, then
-    capped at ``max_steps`` (lr_step shrinks in proportion); audits capped at ``audit_n``."""
-
-    steps_scale: float = 1.0
-    max_steps: Optional[int] = None
-    audit_n: Optional[int] = None
-
-    def __post_init__(self):
-        if not (isinstance(self.steps_scale, (int, float)) and 0 < self.steps_scale <= 1):
-            raise ConfigError(f"--steps-scale must be in (0, 1], got {self.steps_scale!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"--max-steps must be ≥ 1, got {self.max_steps}")
-        if self.audit_n is not None and self.audit_n < 1:
-            raise ConfigError(f"--audit-n must be ≥ 1, got {self.audit_n}")
-
-    @property
-    def is_full(self) -> bool:
-        return self.steps_scale == 1 and self.max_steps is None and self.audit_n is None
-
-    def suffix(self, training_only: bool = False) -> str:
-        """``@scale0.1-max20-n50`` and the like ("" when full). ``training_only``: the part
-        that changes what is trained — an audit cap alone reuses the full runs' weights."""
-        parts = []
-        if self.steps_scale != 1:
-            parts.append(f"scale{self.steps_scale:g}")
-        if self.max_steps is not None:
-            parts.append(f"max{self.max_steps}")
-        if self.audit_n is not None and not training_only:
-            parts.append(f"n{self.audit_n}")
-        return "" if not parts else "@" + "-".join(parts)
-
-    def describe(self) -> str:
-        if self.is_full:
-            return "full schedule"
-        bits = []
-        if self.steps_scale != 1:
-            bits.append(f"steps × {self.steps_scale:g}")
-        if self.max_steps is not None:
-            bits.append(f"at most {self.max_steps} steps")
-        if self.audit_n is not None:
-            bits.append(f"audits on at most {self.audit_n} samples")
-        return ", ".join(bits)
-
-    def apply(self, cfg) -> float:
-        """Shorten ``cfg`` in place; returns the factor its steps were multiplied by."""
-        factor = float(self.steps_scale)
-        if cfg.steps is None:  # an epochs-based config
-            if self.max_steps is not None:
-                raise ConfigError("--max-steps needs configs with 'steps'; this one sets 'epochs' "
-                                  "(use --steps-scale)")
-            cfg.epochs = cfg.epochs * factor
-            return factor
-        full = int(cfg.steps)
-        steps = max(1, int(round(full * factor)))
-        if self.max_steps is not None and steps > self.max_steps:
-            steps = self.max_steps
-        factor = steps / full
-        if steps != full:
-            cfg.steps = steps
-            if cfg.lr_step > 0:
-                cfg.lr_step = max(1, int(round(cfg.lr_step * factor)))
-            if cfg.eval_every > steps:
-                cfg.eval_every = steps
-            if cfg.save_every > steps:
-                cfg.save_every = steps
-        return factor
-
 
 @dataclass
 class RunnerOptions:
@@ -124,7 +66,10 @@ class RunnerOptions:
     only: Optional[list[str]] = None
     dry_run: bool = False
     table_only: bool = False
+    #: forward the progress events (task/advance/done) of training and audits to ``on_event``
     progress: bool = True
+    #: receives the runner's messages and the training and audit progress events
+    on_event: Optional[EventHandler] = None
 
 
 def results_dir(results: Path, table: str, scaling: Scaling, training_only: bool = False) -> Path:
@@ -132,53 +77,8 @@ def results_dir(results: Path, table: str, scaling: Scaling, training_only: bool
 
 
 # ---------------------------------------------------------------------------
-# configs
+# cards and hardware
 # ---------------------------------------------------------------------------
-
-def finetune_defaults() -> dict:
-    """The post-processing defaults of `jr-train finetune` (Jakubovitz–Giryes)."""
-    from ..training.config import FINETUNE_DEFAULTS
-
-    return dict(FINETUNE_DEFAULTS)
-
-
-def build_run_config(cat: Catalog, table: TableSpec, run: RunSpec, device: Optional[str] = None,
-                     data_root: Optional[str] = None, scaling: Optional[Scaling] = None):
-    """The resolved TrainConfig of a trained run (a ``use`` run: of the run it uses),
-    exactly as ``jr-train fit --config`` (or ``jr-train finetune PARENT --config``) would
-    build it, plus the device/data-root overrides and the scaling."""
-
-    if run.use is not None:
-        t, r = cat.resolve(table, run.name)
-        return build_run_config(cat, t, r, device, data_root, scaling)
-    path = table.dir / run.config
-    file_layer = read_yaml(path)
-    base: dict = {}
-    if run.finetune_from is not None:
-        pt, pr = cat.resolve(table, run.finetune_from)
-        parent = build_run_config(cat, pt, pr)
-        base = {"model": parent.model, "dataset": parent.dataset}
-    cli_layer = {"device": device, "data_root": data_root}
-    cfg = build_train_config([base, file_layer, cli_layer], where=f"training config {str(path)!r}",
-                             finetune=run.finetune_from is not None)
-    if scaling is not None:
-        scaling.apply(cfg)
-        cfg.validate()
-    return cfg
-
-
-def _comparable(cfg_dict: dict) -> dict:
-    from ..training import TrainConfig
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in cfg_dict.items() if k in names and k not in EXECUTION_ONLY}
-
-
-def config_differences(old: dict, new: dict) -> list[str]:
-    a, b = _comparable(old), _comparable(new)
-    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
 
 def _read_card(d: Path) -> Optional[dict]:
     p = d / "card.yaml"
@@ -191,28 +91,15 @@ def _read_card(d: Path) -> Optional[dict]:
     return card if isinstance(card, dict) else None
 
 
-# ---------------------------------------------------------------------------
-# hardware
-# ---------------------------------------------------------------------------
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware(device: Optional[str] = None) -> dict:
-    import torch
-
-    hw = {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-          "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+def hardware() -> dict:
+    """The machine of this invocation (from :func:`robustbench_jr.runtime.hardware`), with the
+    logical CPU count and every GPU."""
+    hw = runtime.hardware()
+    out = {"cpu": hw["cpu"], "logical_cpus": os.cpu_count(), "torch_threads": hw["cpu_threads"],
+           "torch": hw["torch"], "python": hw["python"], "platform": hw["platform"]}
     if torch.cuda.is_available():
-        hw["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return hw
+        out["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return out
 
 
 def hardware_line(hw: dict) -> str:
@@ -236,13 +123,25 @@ class TrainJob:
 
 
 class Runner:
-    def __init__(self, root: str | Path, options: RunnerOptions, console=None):
-        from rich.console import Console
+    """Trains and evaluates the runs of the tables under one experiments root."""
 
+    def __init__(self, root: str | Path, options: RunnerOptions):
         self.cat = Catalog(root)
         self.opt = options
-        self.console = console or Console(stderr=True)
         self._trained: dict[str, Path] = {}
+
+    # -- messages --
+    def say(self, tag: str, message: str) -> None:
+        """An ``info`` event (``data["tag"]`` says what kind of message it is)."""
+        emit(self.opt.on_event, "info", message=message, data={"tag": tag})
+
+    def warn(self, message: str) -> None:
+        emit(self.opt.on_event, "warning", message=message)
+
+    def on_event(self, ev: runtime.Event) -> None:
+        """Forward training/audit events (progress only with ``progress``)."""
+        if self.opt.on_event is not None and (self.opt.progress or ev.kind not in PROGRESS_EVENTS):
+            self.opt.on_event(ev)
 
     # -- paths --
     def out_dir(self, table: TableSpec) -> Path:
@@ -313,7 +212,7 @@ class Runner:
                 + "".join(f"  - {d}\n" for d in job.detail.split("; "))
                 + "Delete that directory to retrain it, or use another --results directory.")
         if job.status == "done":
-            self.console.print(f"[dim]skip[/] {key}: done ({job.detail}) in {job.out}", highlight=False)
+            self.say("skip", f"skip {key}: done ({job.detail}) in {job.out}")
             self._trained[key] = job.out
             return job.out
         if self.opt.dry_run or self.opt.table_only:
@@ -323,12 +222,9 @@ class Runner:
         return job.out
 
     def _train(self, t: TableSpec, r: RunSpec, cfg, job: TrainJob, parent_dir: Optional[Path]) -> None:
-        from ..cli.common import resolve_device
-        from ..training import train
-
         out = job.out
         resume = job.status == "resume"
-        device = resolve_device(cfg.device)
+        device = runtime.resolve_device(cfg.device)
         if resume and (out / "config.yaml").is_file():
             # a run resumed on another device / data root: keep the saved values so that the
             # training loop's config check passes, and place it where asked
@@ -343,17 +239,13 @@ class Runner:
                     (out / name).unlink()
         init_model, parent = None, None
         if parent_dir is not None:
-            from ..models import load_checkpoint
-
             init_model, pcard = load_checkpoint(parent_dir)
             parent = {"checkpoint": str(parent_dir), "run": f"{self._ref_of(parent_dir)}",
                       "architecture": pcard["architecture"], "metrics": pcard.get("metrics"),
                       "weights_sha256": sha256_file(parent_dir / "model.safetensors")}
         what = "resume" if resume else "train"
-        self.console.print(f"[bold cyan]{what}[/] {t.name}/{r.name}: {cfg.steps} steps on {device} → {out}",
-                           highlight=False)
-        train(cfg, out, resume=resume, init_model=init_model, parent=parent, progress=self.opt.progress,
-              device=device)
+        self.say(what, f"{what} {t.name}/{r.name}: {cfg.steps} steps on {device} → {out}")
+        train(cfg, out, resume=resume, init_model=init_model, parent=parent, device=device, on_event=self.on_event)
 
     def _ref_of(self, d: Path) -> str:
         return f"{d.parent.name.split('@')[0]}/{d.name}"
@@ -369,26 +261,21 @@ class Runner:
         if run.domain_shift:
             ds = rec.setdefault("domain_shift", {}).get(run.domain_shift)
             if not ds or ds.get("weights_sha256") != sha:
-                self.console.print(f"[bold cyan]eval[/] {table.name}/{run.name}: accuracy on "
-                                   f"{run.domain_shift}", highlight=False)
+                self.say("eval", f"eval {table.name}/{run.name}: accuracy on {run.domain_shift}")
                 rec["domain_shift"][run.domain_shift] = {**domain_shift_accuracy(ckpt, run.domain_shift,
                                                                                   self.opt.data_root, self.opt.device),
                                                          "weights_sha256": sha}
                 changed = True
         if run.audit is not None:
             cfg = self.audit_config(run)
-            from ..evaluation.audit import run_audit
-            from ..evaluation.store import ResultStore
-
             adir = edir / AUDIT_DIR
             complete = False
             if (adir / "results.sqlite").is_file():
                 with ResultStore(adir, readonly=True) as st:
                     complete = st.meta().get("status") == "complete"
-            self.console.print(f"[bold cyan]audit[/] {table.name}/{run.name}: {', '.join(cfg.attacks)} on "
-                               f"{cfg.n} samples → {adir}", highlight=False)
+            self.say("audit", f"audit {table.name}/{run.name}: {', '.join(cfg.attacks)} on {cfg.n} samples → {adir}")
             t0 = time.time()
-            run_audit([str(ckpt)], cfg, adir, progress=self.opt.progress, console=self.console)
+            run_audit([str(ckpt)], cfg, adir, on_event=self.on_event)
             a = rec.setdefault("audit", {})
             if not complete or "wall_time_s" not in a:
                 a["wall_time_s"] = round(a.get("wall_time_s", 0.0) + time.time() - t0, 1)
@@ -400,8 +287,6 @@ class Runner:
         return rec
 
     def audit_config(self, run: RunSpec):
-        from ..evaluation.audit import AuditConfig
-
         over: dict = {}
         if self.opt.device:
             over["device"] = self.opt.device
@@ -413,38 +298,18 @@ class Runner:
         cfg.validate()
         return cfg
 
-    # -- one table --
-    def run_table(self, table_dir: str | Path) -> dict:
-        from .render import collect, write_outputs
-
-        table = load_table(table_dir)
-        self.cat.add(table)
-        selected = table.runs
-        if self.opt.only:
-            unknown = [n for n in self.opt.only if n not in {r.name for r in table.runs}]
-            if unknown:
-                raise ConfigError(f"--only: unknown run(s) {', '.join(unknown)} in table {table.name}; runs: "
-                                  f"{', '.join(r.name for r in table.runs)}")
-            selected = [r for r in table.runs if r.name in self.opt.only]
-        out = self.out_dir(table)
-        self.console.print(f"[bold]table {table.name}[/] ({self.opt.scaling.describe()}) → {out}", highlight=False)
-        if self.opt.dry_run:
-            return self.plan(table, selected)
-        if not self.opt.table_only:
-            for r in selected:
-                ckpt = self.ensure_trained(table, r)
-                if ckpt is not None:
-                    self.evaluate(table, r, ckpt)
-        data = collect(self, table)
-        write_outputs(self, table, data)
-        return data
+    def select(self, table: TableSpec) -> list[RunSpec]:
+        """The table's runs that ``--only`` selects (all without it)."""
+        if not self.opt.only:
+            return list(table.runs)
+        unknown = [n for n in self.opt.only if n not in {r.name for r in table.runs}]
+        if unknown:
+            raise ConfigError(f"--only: unknown run(s) {', '.join(unknown)} in table {table.name}; runs: "
+                              f"{', '.join(r.name for r in table.runs)}")
+        return [r for r in table.runs if r.name in self.opt.only]
 
     def plan(self, table: TableSpec, runs: list[RunSpec]) -> dict:
-        from rich.table import Table
-
-        t = Table(title=f"plan: {table.name}", title_justify="left")
-        for c in ("run", "trained as", "status", "steps", "lr_step", "evaluations", "directory"):
-            t.add_column(c)
+        """What a run of the table would train and evaluate (nothing is changed)."""
         rows = []
         for r in runs:
             job = self.status(table, r)
@@ -453,37 +318,13 @@ class Runner:
             if r.domain_shift:
                 evals.append(f"accuracy on {r.domain_shift}")
             if r.audit is not None:
-                try:
-                    ac = self.audit_config(r)
-                    evals.append(f"audit {','.join(ac.attacks)} n={ac.n}")
-                except ImportError:
-                    evals.append("audit (audit package missing)")
+                ac = self.audit_config(r)
+                evals.append(f"audit {','.join(ac.attacks)} n={ac.n}")
             how = f"{job.table.name}/{job.run.name}" + (f" ← finetune {job.run.finetune_from}"
                                                         if job.run.finetune_from else "")
-            row = {"run": r.name, "trained_as": how, "status": job.status, "detail": job.detail,
-                   "steps": cfg.steps, "lr_step": cfg.lr_step, "evaluations": evals, "dir": str(job.out)}
-            rows.append(row)
-            t.add_row(r.name, how, f"{job.status} ({job.detail})" if job.detail else job.status, str(cfg.steps),
-                      str(cfg.lr_step), "; ".join(evals) or "card only", str(job.out))
-        self.console.print(t)
+            rows.append({"run": r.name, "trained_as": how, "status": job.status, "detail": job.detail,
+                         "steps": cfg.steps, "lr_step": cfg.lr_step, "evaluations": evals, "dir": str(job.out)})
         return {"table": table.name, "plan": rows}
-
-
-def run_tables(root_or_table: str | Path, options: RunnerOptions, all_tables: bool = False, console=None) -> list[dict]:
-    """Run one table directory, or (``all_tables``) every table under a root directory."""
-    p = Path(root_or_table)
-    if all_tables:
-        dirs = table_dirs(p)
-        if not dirs:
-            raise ConfigError(f"no experiment tables under {p} (subdirectories with table.yaml)")
-        root = p
-    else:
-        if not (p / "table.yaml").is_file():
-            raise ConfigError(f"{p} is not an experiment table (no table.yaml); to run every table under it use "
-                              f"--all")
-        dirs, root = [p], p.resolve().parent
-    runner = Runner(root, options, console)
-    return [runner.run_table(d) for d in dirs]
 
 
 # ---------------------------------------------------------------------------
@@ -510,12 +351,7 @@ def write_eval(d: Path, rec: dict) -> None:
 def domain_shift_accuracy(ckpt: Path, dataset: str, data_root: Optional[str] = None,
                           device: Optional[str] = None) -> dict:
     """Accuracy of the checkpoint on ``dataset``'s test split."""
-    from ..cli.common import resolve_device
-    from ..data import load_dataset
-    from ..models import load_checkpoint
-    from ..training.loop import accuracy
-
-    dev = resolve_device(device or "auto")
+    dev = runtime.resolve_device(device or "auto")
     model, _ = load_checkpoint(ckpt, device=dev)
     ds = load_dataset(dataset, "test", data_root)
     acc = accuracy(model, ds.images, ds.labels)

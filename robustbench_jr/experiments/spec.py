@@ -54,19 +54,31 @@ A table directory holds
         kind: compare               # column, higher: [runs], lower: [runs]: min(higher) > max(lower)
         kind: spread                # column, runs, max_abs and/or max_rel: max − min (relative to the mean)
 
-    A check is PASS, FAIL, or PENDING while a value it needs is missing.
+    Each check is translated into a rule of the robustness gate over the table's cells
+    (``COLUMN[RUN]``) and decided by the gate's evaluator; see :mod:`.checks`. A check is
+    PASS, FAIL, or PENDING while a value it needs is missing (FAIL when the numbers it has
+    already decide it).
+
+Column metrics: the card's (:data:`CARD_METRICS`), ``domain_shift_accuracy``, and the
+audit's, read from the metric registry (:mod:`robustbench_jr.evaluation.metrics`):
+``audit.NAME`` / ``audit.NAME@ARG`` for a per-model metric (``audit.clean_accuracy``,
+``audit.noise_accuracy@0.5``) and ``audit.SEARCH.NAME`` for a per-sample metric without
+arguments (``audit.deepfool.rho_adv``, ``audit.pgd.d50``).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ..config import build_config, read_yaml
+from ..data import get_dataset_info
 from ..errors import ConfigError
+from ..evaluation import metrics
+from ..evaluation.audit import AuditConfig
+from .checks import Check, attach_rule, check_columns, check_runs, finite_number, name_list, parse_check
 
 TABLE_FILE = "table.yaml"
 
@@ -77,16 +89,6 @@ RUN_KEYS = ("name", "label", "config", "finetune_from", "use", "paper", "paper_s
 COLUMN_KEYS = ("key", "label", "metric", "scale", "digits")
 PIVOT_KEYS = ("column", "rows", "cols")
 FIGURES = ("training_curves",)
-CHECK_KINDS = {
-    # kind: (required keys, optional keys)
-    "ratio": (("numerator", "denominator"), ("column", "min", "max")),
-    "paper": (("tolerance",), ("column", "runs", "relative")),
-    "order": ((), ("column", "runs", "run", "columns", "direction")),
-    "compare": (("higher", "lower"), ("column",)),
-    "spread": (("runs",), ("column", "max_abs", "max_rel")),
-}
-CHECK_COMMON = ("name", "kind", "acceptance", "note")
-
 #: metrics read from the training card
 CARD_METRICS = {
     "test_accuracy": "test accuracy (fraction) from card.yaml metrics.test_accuracy",
@@ -98,13 +100,26 @@ CARD_METRICS = {
 EVAL_METRICS = {
     "domain_shift_accuracy": "accuracy on the run's domain_shift data set (its test split)",
 }
-AUDIT_KEYS = ("n", "n_fooled", "success_rate", "not_fooled", "already_misclassified", "median_l2", "mean_l2",
-              "rho_adv", "rho_adv_attacked", "d50")
-METRICS_HELP = (
-    "card metrics: " + ", ".join(CARD_METRICS) + "; domain_shift_accuracy; audit metrics: "
-    "audit.clean_accuracy, audit.jacobian_norm, audit.noise_accuracy@SIGMA, audit.SEARCH.KEY with KEY one of "
-    + ", ".join(AUDIT_KEYS) + " (d50: the L2 distance at which the test error reaches 50%, i.e. the median "
-    "fooling distance over all evaluated samples with not-fooled ones counted as +inf)")
+#: per-search audit metrics listed in a run's numbers (table.json) by default; a column may
+#: name any per-sample registry metric without arguments
+AUDIT_KEYS = metrics.SUMMARY_KEYS + ("d50",)
+
+
+def _audit_metric_names() -> tuple[list[str], list[str]]:
+    """Registry metrics a column can read: per-model (``audit.NAME[@ARG]``), per-search (``audit.S.NAME``)."""
+    model = [n for n, m in metrics.METRICS.items() if m.level == "model" and len(m.params) <= 1]
+    search = [n for n, m in metrics.METRICS.items() if m.level == "samples" and not m.params]
+    return model, search
+
+
+def metrics_help() -> str:
+    model, search = _audit_metric_names()
+    return ("card metrics: " + ", ".join(CARD_METRICS) + "; domain_shift_accuracy; audit metrics: "
+            + ", ".join(f"audit.{n}" + ("@" + metrics.get(n).params[0].upper() if metrics.get(n).params else "")
+                        for n in model)
+            + ", audit.SEARCH.KEY with KEY one of " + ", ".join(search)
+            + " (d50: " + metrics.get("d50").doc + ")")
+
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -116,16 +131,6 @@ class Column:
     metric: str
     scale: float = 1.0
     digits: int = 2
-
-
-@dataclass
-class Check:
-    name: str
-    kind: str
-    column: str
-    acceptance: bool = True
-    note: str = ""
-    params: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -195,43 +200,39 @@ def _check_keys(d: Any, valid, where: str, required=()) -> dict:
     return d
 
 
-def _str_list(v: Any, where: str) -> list[str]:
-    if isinstance(v, str):
-        v = [s.strip() for s in v.split(",") if s.strip()]
-    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise ConfigError(f"{where} must be a list of names, got {v!r}")
-    return list(v)
+def audit_metric(metric: str) -> Optional[tuple[str, Optional[str], tuple]]:
+    """``(registry name, search or None, arguments)`` of an ``audit.…`` column metric, else None."""
+    if not metric.startswith("audit."):
+        return None
+    model, search = _audit_metric_names()
+    rest = metric[len("audit."):]
+    name, _, arg = rest.partition("@")
+    if name in model:
+        n_params = len(metrics.get(name).params)
+        if n_params == 0 and not arg:
+            return name, None, ()
+        if n_params == 1 and arg:
+            try:
+                return name, None, (float(arg),)
+            except ValueError:
+                return None
+        return None
+    parts = rest.split(".")
+    if len(parts) == 2 and parts[1] in search and parts[0]:
+        return parts[1], parts[0], ()
+    return None
 
 
 def check_metric_name(metric: str, where: str) -> None:
-    if metric in CARD_METRICS or metric in EVAL_METRICS or metric in ("audit.clean_accuracy", "audit.jacobian_norm"):
+    if metric in CARD_METRICS or metric in EVAL_METRICS or audit_metric(metric) is not None:
         return
-    if metric.startswith("audit.noise_accuracy@"):
-        try:
-            float(metric.split("@", 1)[1])
-            return
-        except ValueError:
-            pass
-    parts = metric.split(".")
-    if len(parts) == 3 and parts[0] == "audit" and parts[2] in AUDIT_KEYS:
-        return
-    raise ConfigError(f"{where}: unknown metric {metric!r}; valid: {METRICS_HELP}")
+    raise ConfigError(f"{where}: unknown metric {metric!r}; valid: {metrics_help()}")
 
 
 def audit_search_of(metric: str) -> Optional[str]:
     """The search a metric needs (``audit.pgd.d50`` → ``pgd``), else None."""
-    if "@" in metric:
-        return None
-    parts = metric.split(".")
-    if len(parts) == 3 and parts[0] == "audit":
-        return parts[1]
-    return None
-
-
-def _number(v: Any, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-        raise ConfigError(f"{where} must be a finite number, got {v!r}")
-    return float(v)
+    am = audit_metric(metric)
+    return None if am is None else am[1]
 
 
 def _audit_mapping(v: Any, defaults: Optional[dict], where: str) -> Optional[dict]:
@@ -249,14 +250,7 @@ def _audit_mapping(v: Any, defaults: Optional[dict], where: str) -> Optional[dic
 
 
 def validate_audit_config(audit: dict, where: str) -> None:
-    """Build an AuditConfig from ``audit`` (unknown keys and bad values are errors).
-
-    Skipped when the audit package is not importable (it is then reported when the
-    run's audit starts)."""
-    try:
-        from ..evaluation.audit import AuditConfig
-    except ImportError:  # pragma: no cover - the audit is an optional part of a checkout
-        return
+    """Build an AuditConfig from ``audit`` (unknown keys and bad values are errors)."""
     cfg = build_config(AuditConfig, audit, where=where)
     cfg.validate()
 
@@ -284,7 +278,7 @@ def load_table(table_dir: str | Path) -> TableSpec:
         _check_keys(c, COLUMN_KEYS, w, required=("key", "metric"))
         check_metric_name(str(c["metric"]), w)
         col = Column(key=str(c["key"]), label=str(c.get("label", c["key"])), metric=str(c["metric"]),
-                     scale=_number(c.get("scale", 1.0), f"{w}.scale"), digits=int(c.get("digits", 2)))
+                     scale=finite_number(c.get("scale", 1.0), f"{w}.scale"), digits=int(c.get("digits", 2)))
         if any(o.key == col.key for o in columns):
             raise ConfigError(f"{w}: duplicate column key {col.key!r}")
         columns.append(col)
@@ -324,11 +318,9 @@ def load_table(table_dir: str | Path) -> TableSpec:
         for k, v in paper.items():
             if k not in col_keys:
                 raise ConfigError(f"{w}: paper number for unknown column {k!r}; columns: {', '.join(col_keys)}")
-            _number(v, f"{w}: paper.{k}")
+            finite_number(v, f"{w}: paper.{k}")
         ds = r.get("domain_shift")
         if ds is not None:
-            from ..data import get_dataset_info
-
             get_dataset_info(str(ds))
         audit = _audit_mapping(r.get("audit"), table_audit, f"{w}: audit")
         if audit is not None:
@@ -357,7 +349,7 @@ def load_table(table_dir: str | Path) -> TableSpec:
         _check_keys(pivot, PIVOT_KEYS, f"{path}: pivot", required=PIVOT_KEYS)
         if pivot["column"] not in col_keys:
             raise ConfigError(f"{path}: pivot.column {pivot['column']!r} is not a column")
-        pivot = {"column": str(pivot["column"]), "rows": _str_list(pivot["rows"], f"{path}: pivot.rows"),
+        pivot = {"column": str(pivot["column"]), "rows": name_list(pivot["rows"], f"{path}: pivot.rows"),
                  "cols": [str(c) for c in pivot["cols"]]}
         for r in runs:
             if (r.row is None) != (r.col is None):
@@ -367,7 +359,7 @@ def load_table(table_dir: str | Path) -> TableSpec:
                                   f"pivot.rows × pivot.cols")
 
     # figures
-    figures = _str_list(raw.get("figures") or [], f"{path}: figures")
+    figures = name_list(raw.get("figures") or [], f"{path}: figures")
     for f in figures:
         if f not in FIGURES:
             raise ConfigError(f"{path}: unknown figure {f!r}; valid: {', '.join(FIGURES)}")
@@ -377,112 +369,19 @@ def load_table(table_dir: str | Path) -> TableSpec:
                       columns=columns, runs=runs, checks=[],
                       report=bool(raw.get("report", any(r.audit for r in runs))), figures=figures, pivot=pivot)
 
-    # checks
+    # checks: each one a gate rule over the table's cells
     checks_raw = raw.get("checks") or []
     if not isinstance(checks_raw, list):
         raise ConfigError(f"{path}: 'checks' must be a list")
     for i, c in enumerate(checks_raw):
         w = f"{path}: checks[{i}]"
-        if not isinstance(c, dict) or "kind" not in c:
-            raise ConfigError(f"{w}: each check is a mapping with a 'kind' ({', '.join(CHECK_KINDS)})")
-        kind = c["kind"]
-        if kind not in CHECK_KINDS:
-            raise ConfigError(f"{w}: unknown check kind {kind!r}; valid: {', '.join(CHECK_KINDS)}")
-        req, opt = CHECK_KINDS[kind]
-        _check_keys(c, CHECK_COMMON + req + opt, w)
-        for k in req:
-            if k not in c:
-                raise ConfigError(f"{w}: a {kind!r} check needs {k!r}")
-        params = {k: c[k] for k in req + opt if k in c and k != "column"}
-        if kind != "order" and "column" not in c:
-            raise ConfigError(f"{w}: a {kind!r} check needs 'column'")
-        _check_params(kind, params, names, col_keys, w, c)
-        col = str(c.get("column") if c.get("column") is not None else params["columns"][0])
-        for ck in [col] + list(params.get("columns", [])):
-            if ck not in col_keys:
-                raise ConfigError(f"{w}: unknown column {ck!r}; columns: {', '.join(sorted(col_keys))}")
-        checks_name = str(c.get("name") or f"{kind} {col}")
-        check = Check(name=checks_name, kind=kind, column=col, acceptance=bool(c.get("acceptance", True)),
-                      note=str(c.get("note", "") or ""), params=params)
+        check = attach_rule(parse_check(c, w, names, col_keys), table)
         table.checks.append(check)
         # every run a check reads must be able to produce the columns' metrics
         for ck in check_columns(check):
             for rn in check_runs(check, table):
                 _check_run_provides(table, table.run(rn), table.column(ck), w)
     return table
-
-
-def _check_params(kind: str, p: dict, names: set, col_keys: set, where: str, given: dict) -> None:
-    def run_name(v, key):
-        if not isinstance(v, str) or v not in names:
-            raise ConfigError(f"{where}: {key} {v!r} is not a run of this table; runs: {', '.join(sorted(names))}")
-
-    if kind == "ratio":
-        run_name(p["numerator"], "numerator")
-        run_name(p["denominator"], "denominator")
-        if "min" not in p and "max" not in p:
-            raise ConfigError(f"{where}: a 'ratio' check needs 'min' and/or 'max'")
-        for k in ("min", "max"):
-            if k in p:
-                p[k] = _number(p[k], f"{where}: {k}")
-    elif kind == "paper":
-        p["tolerance"] = _number(p["tolerance"], f"{where}: tolerance")
-        p["relative"] = bool(p.get("relative", False))
-        if "runs" in p:
-            p["runs"] = _str_list(p["runs"], f"{where}: runs")
-            for r in p["runs"]:
-                run_name(r, "runs entry")
-    elif kind == "order":
-        by_runs = "runs" in p and "column" in given and "run" not in p and "columns" not in p
-        by_cols = "run" in p and "columns" in p and "runs" not in p and "column" not in given
-        if not (by_runs or by_cols):
-            raise ConfigError(f"{where}: an 'order' check takes either 'column' + 'runs' (one column over several "
-                              f"runs) or 'run' + 'columns' (several columns of one run)")
-        key = "runs" if by_runs else "columns"
-        p[key] = _str_list(p[key], f"{where}: {key}")
-        if len(p[key]) < 2:
-            raise ConfigError(f"{where}: '{key}' needs at least two entries")
-        if by_runs:
-            for r in p["runs"]:
-                run_name(r, "runs entry")
-        else:
-            run_name(p["run"], "run")
-        d = p.get("direction", "increasing")
-        if d not in ("increasing", "decreasing"):
-            raise ConfigError(f"{where}: direction must be 'increasing' or 'decreasing', got {d!r}")
-        p["direction"] = d
-    elif kind == "compare":
-        for k in ("higher", "lower"):
-            p[k] = _str_list(p[k], f"{where}: {k}")
-            for r in p[k]:
-                run_name(r, f"{k} entry")
-    elif kind == "spread":
-        p["runs"] = _str_list(p["runs"], f"{where}: runs")
-        for r in p["runs"]:
-            run_name(r, "runs entry")
-        if "max_abs" not in p and "max_rel" not in p:
-            raise ConfigError(f"{where}: a 'spread' check needs 'max_abs' and/or 'max_rel'")
-        for k in ("max_abs", "max_rel"):
-            if k in p:
-                p[k] = _number(p[k], f"{where}: {k}")
-
-
-def check_columns(check: Check) -> list[str]:
-    """The columns a check reads: its 'column', or an 'order' check's 'columns'."""
-    return list(check.params["columns"]) if "columns" in check.params else [check.column]
-
-
-def check_runs(check: Check, table: TableSpec) -> list[str]:
-    p = check.params
-    if check.kind == "ratio":
-        return [p["numerator"], p["denominator"]]
-    if check.kind == "paper":
-        return p.get("runs") or [r.name for r in table.runs if check.column in r.paper]
-    if check.kind == "order":
-        return p["runs"] if "runs" in p else [p["run"]]
-    if check.kind == "compare":
-        return p["higher"] + p["lower"]
-    return p["runs"]
 
 
 def _check_run_provides(table: TableSpec, run: RunSpec, column: Column, where: str) -> None:
@@ -498,10 +397,7 @@ def _check_run_provides(table: TableSpec, run: RunSpec, column: Column, where: s
             sigma = float(m.split("@", 1)[1])
             sigmas = run.audit.get("noise_sigmas")
             if sigmas is None:
-                try:
-                    from ..evaluation.audit import DEFAULT_SIGMAS as sigmas
-                except ImportError:  # pragma: no cover
-                    sigmas = [sigma]
+                sigmas = AuditConfig().noise_sigmas
             if isinstance(sigmas, (int, float)):
                 sigmas = [sigmas]
             if not any(abs(float(s) - sigma) < 1e-12 for s in sigmas):
@@ -511,7 +407,7 @@ def _check_run_provides(table: TableSpec, run: RunSpec, column: Column, where: s
         search = audit_search_of(m)
         if search is not None:
             attacks = run.audit.get("attacks", "all")
-            attacks = _str_list(attacks, f"{where}: audit.attacks") if attacks != "all" else None
+            attacks = name_list(attacks, f"{where}: audit.attacks") if attacks != "all" else None
             if attacks is not None and search not in attacks:
                 raise ConfigError(f"{where}: run {run.name!r}'s audit does not run {search!r} (attacks: "
                                   f"{', '.join(attacks)}), so column {column.key!r} ({m}) is always empty for it")
@@ -565,43 +461,3 @@ def table_dirs(root: str | Path) -> list[Path]:
     if not r.is_dir():
         raise ConfigError(f"{r} is not a directory")
     return sorted(p for p in r.iterdir() if p.is_dir() and (p / TABLE_FILE).is_file())
-
-
-def validate_experiments(root: str | Path) -> list[TableSpec]:
-    """Check every table under ``root``: table.yaml parses, every run's training YAML
-    builds a TrainConfig (fine-tunes on top of the post-processing defaults), every
-    reference (``use``, ``finetune_from``) exists, and every YAML in a table directory
-    belongs to a run. Returns the tables; raises :class:`ConfigError` listing every problem."""
-    from .runner import build_run_config
-
-    dirs = table_dirs(root)
-    if not dirs:
-        raise ConfigError(f"no experiment tables under {root} (subdirectories with {TABLE_FILE})")
-    cat = Catalog(root)
-    problems: list[str] = []
-    tables = []
-    for d in dirs:
-        try:
-            t = load_table(d)
-        except ConfigError as exc:
-            problems.append(str(exc))
-            continue
-        cat.add(t)
-        tables.append(t)
-    for t in tables:
-        used = {TABLE_FILE}
-        for r in t.runs:
-            try:
-                cat.resolve(t, r.name)
-                if r.trains:
-                    used.add(r.config)
-                    build_run_config(cat, t, r)
-            except ConfigError as exc:
-                problems.append(f"{t.name}/{r.name}: {exc}")
-        for y in sorted(p.name for p in t.dir.iterdir() if p.suffix in (".yaml", ".yml")):
-            if y not in used:
-                problems.append(f"{t.dir / y}: not the config of any run in {t.dir / TABLE_FILE} "
-                                f"(one YAML per run; remove it or add the run)")
-    if problems:
-        raise ConfigError(f"{len(problems)} problem(s) in {root}:\n" + "\n".join(f"  - {p}" for p in problems))
-    return tables

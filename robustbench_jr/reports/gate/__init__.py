@@ -18,13 +18,13 @@ Metrics are those of the registry :mod:`robustbench_jr.evaluation.metrics`
     error_at_l0[S, FRAC]  accuracy_at_l0[S, FRAC]     (fraction of input components, e.g. JSMA)
 """
 
-from .evaluator import Check, GateResult, Judgement, Outcome, Sampler, Value, evaluate, judge, one_sided_bound
+from .evaluator import Check, GateResult, Judgement, Outcome, Sampler, Value, evaluate, judge, one_sided_bound, value
 from .policy import DECIDE, POLICY_KEYS, Policy, build_policy, load_policy
 from .render import junit_xml, text_report
 from .rules import (FUNCS, GATE_VOCABULARY, OPS, BaselineSame, BinOp, Comparison, Func, Metric, Neg, Num, Rule,
-                    Vocabulary, parse_rule)
+                    Vocabulary, parse_expression, parse_rule)
 
 __all__ = ["BaselineSame", "BinOp", "Check", "Comparison", "DECIDE", "FUNCS", "Func", "GATE_VOCABULARY",
            "GateResult", "Judgement", "Metric", "Neg", "Num", "OPS", "Outcome", "POLICY_KEYS", "Policy", "Rule",
            "Sampler", "Value", "Vocabulary", "build_policy", "evaluate", "judge", "junit_xml", "load_policy",
-           "one_sided_bound", "parse_rule", "text_report"]
+           "one_sided_bound", "parse_expression", "parse_rule", "text_report", "value"]

@@ -363,3 +363,12 @@ def parse_rule(text: str, models: Optional[list[str]] = None, name: Optional[str
         r.models = list(models)
     r.name = name
     return r
+
+
+def parse_expression(text: str, vocabulary: Vocabulary = GATE_VOCABULARY):
+    """Parse an expression (no comparison) over ``vocabulary``: the syntax tree of ``expr``."""
+    p = _Parser(text.strip(), vocabulary)
+    node = p.expr()
+    if p.peek()[0] is not None:
+        p.fail(f"unexpected {p.peek()[1]!r} after the expression")
+    return node

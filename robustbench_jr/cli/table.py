@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
-from ..cli.common import console, handle_errors
+from ..experiments import RunnerOptions, Scaling, run_tables, validate_experiments
+from ..experiments.spec import TABLE_FILE
+from ..runtime import Event
+from .common import console, handle_errors
+from .progress import RichEvents
+from .render import plan_table
 
 TABLE_HELP = """Run the experiment table in EXPERIMENT_DIR (table.yaml + one training YAML per run).
 
@@ -33,6 +39,24 @@ Examples:
   jr-train table --validate experiments
 """
 
+#: how the runner's messages (info events, by their data["tag"]) are styled
+_STYLES = {"table": "bold", "skip": "dim", "train": "bold cyan", "resume": "bold cyan", "eval": "bold cyan",
+           "audit": "bold cyan", "written": "green"}
+
+
+class TableEvents(RichEvents):
+    """The runner's messages as styled lines, its plan as a table; progress bars and
+    warnings as for every command."""
+
+    def __call__(self, ev: Event) -> None:
+        if ev.kind == "info" and ev.data.get("tag") in _STYLES:
+            word, _, rest = ev.message.partition(" ")
+            self.console.print(f"[{_STYLES[ev.data['tag']]}]{escape(word)}[/] {escape(rest)}", highlight=False)
+        elif ev.kind == "log" and ev.name == "plan":
+            self.console.print(plan_table(ev.data))
+        else:
+            super().__call__(ev)
+
 
 @click.command("table", help=TABLE_HELP)
 @click.argument("experiment_dir", type=click.Path(file_okay=False))
@@ -54,9 +78,6 @@ Examples:
 @handle_errors
 def table(experiment_dir, results, steps_scale, max_steps, audit_n, device, data_root, only, all_tables, dry_run,
           table_only, validate, quiet):
-    from .runner import RunnerOptions, Scaling, run_tables
-    from .spec import TABLE_FILE, validate_experiments
-
     if validate:
         p = Path(experiment_dir)
         root = p.parent if (p / TABLE_FILE).is_file() and not all_tables else p
@@ -64,7 +85,9 @@ def table(experiment_dir, results, steps_scale, max_steps, audit_n, device, data
         n_runs = sum(len(t.runs) for t in tables)
         console.print(f"[green]ok[/]: {len(tables)} tables, {n_runs} runs under {root}")
         return
-    opts = RunnerOptions(results=Path(results), scaling=Scaling(steps_scale, max_steps, audit_n), device=device,
-                         data_root=data_root, only=[s.strip() for s in only.split(",") if s.strip()] if only else None,
-                         dry_run=dry_run, table_only=table_only, progress=not quiet)
-    run_tables(experiment_dir, opts, all_tables=all_tables, console=console)
+    with TableEvents(console, enabled=not quiet) as on_event:
+        opts = RunnerOptions(results=Path(results), scaling=Scaling(steps_scale, max_steps, audit_n), device=device,
+                             data_root=data_root,
+                             only=[s.strip() for s in only.split(",") if s.strip()] if only else None,
+                             dry_run=dry_run, table_only=table_only, progress=not quiet, on_event=on_event)
+        run_tables(experiment_dir, opts, all_tables=all_tables)
