@@ -4,14 +4,13 @@ turns it into rich tables."""
 
 from __future__ import annotations
 
-import math
-
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from ..reports import tables
 from ..reports.gate import GateResult
+from ..reports.gate.render import fmt as _fmt
 
 
 def report_tables(summary: dict) -> list[Table]:
@@ -36,10 +35,6 @@ def report_tables(summary: dict) -> list[Table]:
 
 def _plain(markup: str) -> str:
     return Text.from_markup(markup).plain
-
-
-def _fmt(v) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
 
 
 def gate_table(res: GateResult) -> Table:

@@ -24,6 +24,8 @@ from ..evaluation.store import ResultStore
 from ..models import NORMALIZATIONS
 from ..models.checkpoint import sha256_file
 from ..reports.report import write_report
+from ..reports.runs import card_n_inputs
+from ..reports.tables import jsonable
 from ..runtime import now
 from .checks import FAIL, PASS, PENDING, _fmt, _telling_digits, evaluate_check  # noqa: F401
 from .runner import AUDIT_DIR, Runner, _read_card, build_run_config, hardware, hardware_line, read_eval
@@ -36,14 +38,6 @@ from .spec import AUDIT_KEYS, CARD_METRICS, EVAL_METRICS, TableSpec, audit_metri
 
 def _sigma_key(s: Any) -> str:
     return f"{float(s):g}"
-
-
-def _n_inputs(card: Optional[dict]) -> Optional[int]:
-    shape = (card or {}).get("input_shape")
-    try:
-        return int(np.prod([int(x) for x in shape])) if shape else None
-    except (TypeError, ValueError):
-        return None
 
 
 def audit_metrics(adir: Path, weights_sha: Optional[str], extra: tuple = ()) -> tuple[dict, str]:
@@ -75,7 +69,7 @@ def audit_metrics(adir: Path, weights_sha: Optional[str], extra: tuple = ()) -> 
         searches = list(s.get("searches") or {})
         wanted += [(k, search, ()) for search in searches for k in AUDIT_KEYS]
         wanted += [am for am in map(audit_metric, extra) if am is not None and (am[1] is None or am[1] in searches)]
-        samples = {search: metrics.Samples.of(store.results(name, search), _n_inputs(models[0].get("card")))
+        samples = {search: metrics.Samples.of(store.results(name, search), card_n_inputs(models[0].get("card")))
                    for search in searches}
         for n, search, args in wanted:
             key = "audit." + (f"{search}.{n}" if search else n) + ("@" + _sigma_key(args[0]) if args else "")
@@ -192,18 +186,6 @@ def _cell(cell: dict, digits: int) -> str:
 # ---------------------------------------------------------------------------
 # output
 # ---------------------------------------------------------------------------
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else (None if math.isnan(obj) else ("inf" if obj > 0 else "-inf"))
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
 
 def _duration(s: Optional[float]) -> str:
     if s is None:
@@ -381,7 +363,7 @@ def write_outputs(runner: Runner, table: TableSpec, data: dict) -> None:
         except Exception as exc:
             runner.warn(f"training curves not drawn: {type(exc).__name__}: {exc}")
     for name, text in (("table.md", markdown(data, table)),
-                       ("table.json", json.dumps(_json_safe(data), indent=2, ensure_ascii=False))):
+                       ("table.json", json.dumps(jsonable(data), indent=2, ensure_ascii=False))):
         tmp = out / (name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out / name)

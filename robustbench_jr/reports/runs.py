@@ -46,6 +46,17 @@ def order_searches(names) -> list[str]:
     return sorted(set(names), key=key)
 
 
+def card_n_inputs(card) -> Optional[int]:
+    """Number of input components (C·H·W) from a checkpoint card's ``input_shape`` (None when unknown)."""
+    shape = card.get("input_shape") if isinstance(card, dict) else None
+    if not shape:
+        return None
+    try:
+        return int(np.prod([int(s) for s in shape]))
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclass
 class ModelData:
     """One checkpoint of one run: its card row, per-search arrays and noise accuracy."""
@@ -68,13 +79,7 @@ class ModelData:
     @property
     def n_inputs(self) -> Optional[int]:
         """Number of input components (C·H·W) from the card, for JSMA's pixel fraction."""
-        shape = self.card.get("input_shape") if isinstance(self.card, dict) else None
-        if not shape:
-            return None
-        try:
-            return int(np.prod([int(s) for s in shape]))
-        except (TypeError, ValueError):
-            return None
+        return card_n_inputs(self.card)
 
     def clean_correct(self) -> Optional[np.ndarray]:
         """Per-sample clean correctness from any stored search (they share the clean pass)."""

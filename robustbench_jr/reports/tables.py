@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+from pathlib import PurePath
 from typing import Any, Optional
 
 from ..errors import InputError
@@ -215,7 +216,9 @@ def to_csv(summary: dict) -> str:
 
 
 def jsonable(obj: Any) -> Any:
-    """NaN → null, ±inf → "inf"/"-inf" so that the file is strict JSON."""
+    """NaN → null, ±inf → "inf"/"-inf", paths → strings, so that the file is strict JSON."""
+    if isinstance(obj, PurePath):
+        return str(obj)
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
