@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import platform
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -27,8 +28,8 @@ import torch
 from ._version import __version__
 from .errors import ConfigError
 
-__all__ = ["Event", "EventHandler", "derive_seed", "emit", "generator", "hardware", "now", "resolve_device",
-           "versions"]
+__all__ = ["Dist", "Event", "EventHandler", "SINGLE", "derive_seed", "dist_context", "emit", "env_rank", "generator",
+           "hardware", "now", "resolve_device", "versions"]
 
 
 def resolve_device(spec: Any = "auto") -> torch.device:
@@ -128,3 +129,79 @@ def emit(handler: Optional[EventHandler], kind: str, **kwargs: Any) -> None:
     """Send an :class:`Event` to ``handler`` (nothing when it is None)."""
     if handler is not None:
         handler(Event(kind, **kwargs))
+
+
+# ---------------------------------------------------------------------------
+# torchrun / torch.distributed
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands in a ``torchrun`` job (world size 1 without torchrun).
+
+    ``share(n)`` is this rank's deterministic share of ``n`` work items (round-robin, so
+    shares differ by at most one item); ``all_reduce_sum`` sums a tensor over ranks
+    (a no-op for one process); ``barrier`` waits for every rank.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, n: int) -> range:
+        return range(self.rank, n, self.world_size)
+
+    def owns(self, item: int) -> bool:
+        return item % self.world_size == self.rank
+
+    def all_reduce_sum(self, t: torch.Tensor, device: Any = None) -> torch.Tensor:
+        if not self.enabled:
+            return t
+        buf = t.to(device if device is not None and self.backend == "nccl" else "cpu").clone()
+        torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
+        return buf.to(t.device)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def describe(self) -> str:
+        return f"rank {self.rank} of {self.world_size}" if self.enabled else "single process"
+
+
+SINGLE = Dist()
+
+
+def dist_context(device: Any = "auto") -> tuple[Dist, torch.device]:
+    """The process's :class:`Dist` and device. Under ``torchrun`` (``WORLD_SIZE`` > 1) this
+    joins the process group — NCCL with CUDA device ``LOCAL_RANK`` when GPUs are present and
+    ``device`` allows them, gloo on CPU otherwise; without torchrun it is :data:`SINGLE` and
+    :func:`resolve_device` (``device``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return SINGLE, resolve_device(device)
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(dev)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend=backend)
+    return Dist(rank, world, local, backend), dev
+
+
+def env_rank() -> Optional[int]:
+    """This process's rank under torchrun (None without it), for naming it in messages."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return int(os.environ.get("RANK", "0")) if world > 1 else None

@@ -19,6 +19,7 @@ from ..config import build_config, read_yaml
 from ..errors import ConfigError
 from ..evaluation.audit import ALL_SEARCHES, AuditConfig, json_document, run_audit
 from ..evaluation.metrics import SAMPLES_NOTE
+from ..runtime import env_rank
 from . import report_cmds
 from .common import config_option, console, handle_errors
 from .progress import RichEvents
@@ -128,8 +129,11 @@ def run(checkpoints, attacks, budget, n, subset, dataset, arch, data_root, sourc
         threads = 1
     if threads is not None:
         torch.set_num_threads(threads)
-    with RichEvents(console, enabled=not quiet) as on_event:
-        summary = run_audit(ckpts, cfg, out_dir, on_event=on_event)
+    main_rank = env_rank() in (None, 0)  # under torchrun, rank 0 alone shows progress and results
+    with RichEvents(console, enabled=not quiet and main_rank) as on_event:
+        summary = run_audit(ckpts, cfg, out_dir, on_event=on_event if main_rank else None)
+    if summary is None:
+        return
     if as_json:
         click.echo(json.dumps(json_document(summary), indent=2))
     elif not quiet:

@@ -14,6 +14,7 @@ from ..training import TrainConfig, train
 from ..training import finetune as finetune_model
 from ..training.config import build_train_config
 from .common import config_option, console, device_option, handle_errors
+from ..runtime import env_rank
 from .progress import RichEvents
 
 
@@ -106,6 +107,8 @@ def _build(kwargs) -> TrainConfig:
 
 
 def _finish(card: dict, out: str, as_json: bool) -> None:
+    if env_rank() not in (None, 0):  # under torchrun, rank 0 alone reports
+        return
     m = card["metrics"]
     if as_json:
         click.echo(json.dumps(card, default=str))
@@ -135,7 +138,7 @@ def main():
 def fit(**kwargs):
     """Train a model from scratch (Hoffman et al. protocol by default)."""
     cfg = _build(kwargs)
-    with RichEvents(console, enabled=not kwargs["quiet"], stats=True) as on_event:
+    with RichEvents(console, enabled=not kwargs["quiet"] and env_rank() in (None, 0), stats=True) as on_event:
         card = train(cfg, kwargs["out"], resume=kwargs["resume"], on_event=on_event)
     _finish(card, kwargs["out"], kwargs["as_json"])
 
@@ -155,7 +158,7 @@ def finetune(checkpoint, arch, num_classes, **kwargs):
     Defaults: Adam lr 1e-4, batch 500, 2000 steps, exact Jacobian penalty of
     Jakubovitz–Giryes eq. (4) with λ = 0.1. The card names the parent checkpoint.
     """
-    with RichEvents(console, enabled=not kwargs["quiet"], stats=True) as on_event:
+    with RichEvents(console, enabled=not kwargs["quiet"] and env_rank() in (None, 0), stats=True) as on_event:
         card = finetune_model(checkpoint, kwargs["out"], _layers(kwargs), arch=arch, num_classes=num_classes,
                               resume=kwargs["resume"], on_event=on_event)
     _finish(card, kwargs["out"], kwargs["as_json"])

@@ -35,7 +35,7 @@ from ..attacks.base import eval_mode
 from ..config import build_config, check_constraints, param
 from ..data import get_dataset_info
 from ..errors import ConfigError
-from ..runtime import EventHandler, resolve_device
+from ..runtime import EventHandler, dist_context, resolve_device
 from .execute import execute, open_store, summarize_run
 from .metrics import SAMPLES_NOTE, error_curve
 from .plan import (ALL_SEARCHES, BUDGETS, DataEntry, ModelEntry, batch_key, data_from_tensors, known_searches,
@@ -305,18 +305,22 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, searches: Any = "a
 
 def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
               out_dir: Optional[str | os.PathLike] = None, on_event: Optional[EventHandler] = None,
-              search_factory: Optional[Callable] = None) -> dict:
+              search_factory: Optional[Callable] = None) -> Optional[dict]:
     """Audit ``checkpoints`` (paths or bundled names; none = the bundled checkpoints).
 
     Writes ``out_dir/results.sqlite`` and ``out_dir/config.yaml`` (default out dir:
     ``runs/audit-<config hash>``, so rerunning the same command resumes) and returns
     the summary of :func:`summarize_run`. ``search_factory(name, overrides)`` replaces
     :func:`robustbench_jr.attacks.build_search` (for tests and plug-ins).
+
+    Under ``torchrun`` every rank calls this: the work is sharded by rank (see
+    :func:`.execute.execute`), rank 0 returns the merged run's summary and the other
+    ranks return None.
     """
     config = config if config is not None else AuditConfig()
     check_constraints(config, "audit config")
     config.validate()
-    device = resolve_device(config.device)
+    dist, device = dist_context(config.device)
     # everything that can fail on bad input happens before anything is written
     models = models_from_checkpoints(checkpoints, config.dataset, device, config.arch)
     data: dict[str, DataEntry] = {}
@@ -325,9 +329,12 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
             data[m.dataset] = load_data(m.dataset, config)
     plan = plan_audit(config, models, data, device, search_factory)
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"audit-{plan.config_hash[:8]}"
-    store = open_store(out, plan)
+    store = open_store(out, plan) if dist.is_main else None
+    dist.barrier()
+    store = store or ResultStore(out)
     try:
-        execute(plan, store, on_event, adversarials_dir=out / "adversarials" if config.save_adversarials else None)
-        return summarize_run(store, [m.name for m in models], config.attacks)
+        execute(plan, store, on_event, adversarials_dir=out / "adversarials" if config.save_adversarials else None,
+                dist=dist)
+        return summarize_run(store, [m.name for m in models], config.attacks) if dist.is_main else None
     finally:
         store.close()

@@ -20,7 +20,7 @@ import sys
 import time
 import warnings as _warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +29,9 @@ from safetensors.torch import save as _st_save
 
 from ..errors import ConfigError, InputError
 from ..jacobian import mean_jacobian_norm
-from ..runtime import EventHandler, emit, generator, hardware, now, versions
+from ..runtime import SINGLE, Dist, EventHandler, emit, generator, hardware, now, versions
 from .metrics import SAMPLES_NOTE, order_violations, summarize
-from .plan import AuditPlan, ModelEntry, batch_key, batches, differences, search_config, x_norms
+from .plan import AuditPlan, ModelEntry, batch_key, batches, differences, search_config
 from .store import ResultStore
 
 #: (weaker, stronger) pairs checked for search-order violations, and the thresholds
@@ -45,14 +45,17 @@ SANITY_SAMPLES = 100
 # per-model measurements and sanity checks
 # ---------------------------------------------------------------------------
 
-def noise_accuracy(model, data, sigmas: Sequence[float], seed: int, batch_size: int,
-                   device: torch.device) -> list[tuple[float, float, int]]:
-    """Accuracy under x + σ·ε clipped to [0, 1], ε ~ N(0, I) drawn per sample from
-    a generator seeded with (seed, sample id), the same ε for every σ."""
+def noise_correct(model, data, sigmas: Sequence[float], seed: int, batch_size: int, device: torch.device,
+                  owns: Callable[[int], bool] = lambda bi: True) -> torch.Tensor:
+    """Per σ, how many samples (of the batches ``owns`` accepts) are still classified correctly
+    under x + σ·ε clipped to [0, 1], ε ~ N(0, I) drawn per sample from a generator seeded with
+    (seed, sample id), the same ε for every σ. Returns int64 [len(sigmas)]."""
     correct = torch.zeros(len(sigmas), dtype=torch.int64)
     shape = tuple(data.input_shape)
     with torch.no_grad():
-        for _, sl in batches(len(data), batch_size):
+        for bi, sl in batches(len(data), batch_size):
+            if not owns(bi):
+                continue
             x = data.pixels(sl, device=device)
             y = data.labels[sl].to(device)
             eps = torch.stack([torch.randn(shape, generator=generator(seed, "noise-accuracy", int(i)))
@@ -60,8 +63,28 @@ def noise_accuracy(model, data, sigmas: Sequence[float], seed: int, batch_size: 
             for k, s in enumerate(sigmas):
                 xs = (x + s * eps).clamp_(0.0, 1.0)
                 correct[k] += int((model(xs).argmax(dim=1) == y).sum())
+    return correct
+
+
+def noise_accuracy(model, data, sigmas: Sequence[float], seed: int, batch_size: int,
+                   device: torch.device) -> list[tuple[float, float, int]]:
+    """``(σ, accuracy, n)`` under clipped Gaussian noise (see :func:`noise_correct`)."""
+    correct = noise_correct(model, data, sigmas, seed, batch_size, device)
     n = len(data)
     return [(float(s), float(correct[k]) / n, n) for k, s in enumerate(sigmas)]
+
+
+def jacobian_norms(model, data, batch_size: int, device: torch.device,
+                   owns: Callable[[int], bool] = lambda bi: True) -> torch.Tensor:
+    """Exact per-sample ‖J(x)‖_F (pixel space, float64 [N]) over the batches ``owns`` accepts
+    (0 elsewhere), batch by batch as the searches see them."""
+    out = torch.zeros(len(data), dtype=torch.float64)
+    for bi, sl in batches(len(data), batch_size):
+        if owns(bi):
+            _, per = mean_jacobian_norm(model, data.pixels(sl), batch_size=batch_size, device=device,
+                                        return_per_sample=True)
+            out[sl] = per.double()
+    return out
 
 
 def sanity_checks(model, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, str]]:
@@ -171,45 +194,146 @@ def open_store(out: Optional[Path], plan: AuditPlan) -> ResultStore:
 # execution
 # ---------------------------------------------------------------------------
 
-class _Run:
-    """The state of one execution: the store, warnings, timings, provenance."""
+SHARDS_DIR = "shards"
 
-    def __init__(self, plan: AuditPlan, store: ResultStore, on_event: Optional[EventHandler]):
-        self.plan, self.store, self.on_event = plan, store, on_event
+
+def shard_paths(run_dir: Path) -> list[Path]:
+    """The rank stores of a sharded run (``RUN_DIR/shards/rank-K.sqlite``) not yet merged."""
+    return sorted((run_dir / SHARDS_DIR).glob("rank-*.sqlite"))
+
+
+def merge_shards(store: ResultStore) -> int:
+    """Merge every rank store left in ``store``'s run directory into it (rows, finished
+    batches, model measurements; warnings appended, timings summed), then delete them.
+    Returns how many were merged. Rows are keyed by (model, search, sample id), so a shard
+    from any world size merges the same way."""
+    if store.run_dir is None:
+        return 0
+    paths = shard_paths(store.run_dir)
+    if not paths:
+        return 0
+    meta = store.meta()
+    warnings = list(meta.get("warnings", []))
+    timings = dict(meta.get("timings", {}))
+    for path in paths:
+        shard_meta = store.merge_from(path)
+        for w in shard_meta.get("warnings", []):
+            if w not in warnings:
+                warnings.append(w)
+        for model, per in shard_meta.get("timings", {}).items():
+            mine = timings.setdefault(model, {})
+            for sname, sec in per.items():
+                mine[sname] = round(mine.get(sname, 0.0) + sec, 3)
+    store.set_meta("warnings", warnings)
+    store.set_meta("timings", timings)
+    for path in paths:
+        for extra in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            extra.unlink(missing_ok=True)
+    return len(paths)
+
+
+def _rows_done(store: ResultStore) -> int:
+    return int(store.conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+
+class _Run:
+    """The state of one execution: the stores, warnings, timings, provenance.
+
+    ``store`` is the run's store; ``writer`` is where this process commits rows — the same
+    store for one process, the rank's own ``shards/rank-K.sqlite`` under torchrun."""
+
+    def __init__(self, plan: AuditPlan, store: ResultStore, writer: ResultStore,
+                 on_event: Optional[EventHandler], dist: Dist):
+        self.plan, self.store, self.writer, self.on_event, self.dist = plan, store, writer, on_event, dist
         self.meta = store.meta()
         # the sanity and order checks are redone on every invocation; warnings that the
         # searches raised on batches finished earlier are kept
         self.warnings: list[dict] = [w for w in self.meta.get("warnings", [])
                                      if str(w.get("check", "")).startswith("search:")]
-        self.timings: dict = self.meta.get("timings", {})  # seconds per model × search, summed
+        self.timings: dict = self.meta.get("timings", {}) if writer is store else {}
         self.computing = False
 
     def start_computing(self) -> None:
         """What ran the numbers (versions, device, command) is written by an invocation that
         computes something: rerunning a complete audit keeps the provenance of the one that did."""
-        if self.computing:
+        if self.computing or not self.dist.is_main:
             return
         self.computing = True
         cfg, store = self.plan.config, self.store
         hw = hardware(self.plan.device)
         store.set_meta("versions", versions())
         store.set_meta("device", {"requested": cfg.device, "resolved": str(self.plan.device),
-                                  "cpu_threads": hw["cpu_threads"], "name": hw["name"]})
+                                  "cpu_threads": hw["cpu_threads"], "name": hw["name"],
+                                  "world_size": self.dist.world_size, "backend": self.dist.backend})
         store.set_meta("command", sys.argv)
         store.set_meta("started", self.meta.get("started", now()))
         store.set_meta("status", "running")
 
     def warn(self, model: str, check: str, message: str) -> None:
         self.warnings.append({"model": model, "check": check, "message": message})
-        self.store.set_meta("warnings", self.warnings)  # kept even if the process dies later
+        self.writer.set_meta("warnings", self.warnings)  # kept even if the process dies later
         emit(self.on_event, "warning", message=f"{model}: {message}", data={"model": model, "check": check})
+
+    def batch_done(self, model: str, search: str, key: str) -> bool:
+        return self.store.batch_done(model, search, key) or (
+            self.writer is not self.store and self.writer.batch_done(model, search, key))
 
 
 def execute(plan: AuditPlan, store: ResultStore, on_event: Optional[EventHandler] = None,
-            adversarials_dir: Optional[Path] = None) -> None:
-    """Run ``plan`` into ``store`` (resuming finished batches); see the module docstring."""
-    cfg, device = plan.config, plan.device
-    run = _Run(plan, store, on_event)
+            adversarials_dir: Optional[Path] = None, dist: Dist = SINGLE) -> None:
+    """Run ``plan`` into ``store`` (resuming finished batches); see the module docstring.
+
+    Under torchrun (``dist.world_size`` > 1) every rank calls this with the same plan: rank 0
+    first merges rank stores an interrupted run left behind and writes the run's meta; the
+    per-model measurements are sharded by batch and summed over ranks (per-sample values,
+    so the numbers equal one process's); every (model, search, batch) job goes to rank
+    ``job % world_size`` and its rows to the rank's own store; at the end rank 0 merges them
+    into ``store``. Batches are the same at every world size, so the rows are identical to a
+    single process's and a run resumes under any world size.
+    """
+    cfg = plan.config
+    if dist.is_main:
+        merge_shards(store)
+        _write_meta(plan, store, on_event)
+    dist.barrier()
+    writer = store
+    if dist.enabled:
+        if store.run_dir is None:
+            raise ConfigError("a sharded audit (torchrun) needs a run directory to merge the ranks' rows in")
+        writer = ResultStore(store.run_dir / SHARDS_DIR / f"rank-{dist.rank}.sqlite", file=True)
+        writer.set_meta("finished", False)
+    run = _Run(plan, store, writer, on_event, dist)
+    try:
+        if run.meta.get("status") != "complete":
+            run.start_computing()
+        for m in plan.models:
+            _measure_model(run, m)
+        jobs = [(m, s, bi, sl) for m in plan.models for s in cfg.attacks
+                for bi, sl in batches(len(plan.data_of(m).dataset), cfg.batch_size)]
+        if dist.enabled:
+            _run_jobs_sharded(run, jobs, adversarials_dir)
+        else:
+            _run_jobs(run, jobs, adversarials_dir)
+    finally:
+        if writer is not store:
+            writer.close()
+    dist.barrier()
+    if not dist.is_main:
+        return
+    merge_shards(store)
+    run.warnings = [w for w in store.meta().get("warnings", []) if str(w.get("check", "")).startswith("search:")] \
+        + [w for w in run.warnings if not str(w.get("check", "")).startswith("search:")]
+    run.writer = store
+    for m in plan.models:
+        _order_checks(run, m)
+    store.set_meta("warnings", run.warnings)
+    if run.computing:
+        store.set_meta("finished", now())
+        store.set_meta("status", "complete")
+
+
+def _write_meta(plan: AuditPlan, store: ResultStore, on_event: Optional[EventHandler]) -> None:
+    cfg = plan.config
     store.set_meta("config", plan.resolved)
     store.set_meta("identity", plan.identity)
     store.set_meta("config_hash", plan.config_hash)
@@ -217,8 +341,6 @@ def execute(plan: AuditPlan, store: ResultStore, on_event: Optional[EventHandler
     store.set_meta("data", {d.name: {"provenance": d.provenance, "n": len(d.dataset), "subset": cfg.subset,
                                      "fingerprint": d.fingerprint} for d in plan.data.values()})
     store.set_meta("metrics_note", SAMPLES_NOTE)
-    if run.meta.get("status") != "complete":
-        run.start_computing()
     if store.run_dir is not None:
         tmp = store.run_dir / "config.yaml.tmp"
         tmp.write_text("# resolved config of this audit; rerun with: jr-eval run --config config.yaml\n"
@@ -228,23 +350,74 @@ def execute(plan: AuditPlan, store: ResultStore, on_event: Optional[EventHandler
         if "bundled" in d.provenance:
             emit(on_event, "info", message=f"data: {d.name}: {d.provenance}")
 
-    emit(on_event, "task", name="audit", total=len(plan.models) * len(cfg.attacks), description="audit")
-    for m in plan.models:
-        _measure_model(run, m)
-        for sname in cfg.attacks:
-            _run_search(run, m, sname, adversarials_dir)
-            emit(on_event, "advance", name="audit", amount=1)
-        _order_checks(run, m)
-    emit(on_event, "done", name="audit", description="done")
-    store.set_meta("warnings", run.warnings)
-    if run.computing:
-        store.set_meta("finished", now())
-        store.set_meta("status", "complete")
+
+def _run_jobs(run: _Run, jobs: list, adversarials_dir: Optional[Path]) -> None:
+    """One process: every job in order, with a task per model × search and one per batch list."""
+    cfg = run.plan.config
+    emit(run.on_event, "task", name="audit", total=len(run.plan.models) * len(cfg.attacks), description="audit")
+    current = None
+    t_search = 0.0
+    for m, sname, bi, sl in jobs:
+        if (m.name, sname) != current:
+            if current is not None:
+                _search_done(run, *current, t_search)
+            current, t_search = (m.name, sname), time.perf_counter()
+            nb = -(-len(run.plan.data_of(m).dataset) // cfg.batch_size)
+            emit(run.on_event, "advance", name="audit", amount=0, description=f"{m.name}: {sname}")
+            emit(run.on_event, "task", name="batches", total=nb, description="  batches")
+        _run_batch(run, m, sname, bi, sl, adversarials_dir)
+        emit(run.on_event, "advance", name="batches", amount=1)
+    if current is not None:
+        _search_done(run, *current, t_search)
+    emit(run.on_event, "done", name="audit", description="done")
+
+
+def _search_done(run: _Run, model: str, sname: str, t_search: float) -> None:
+    emit(run.on_event, "done", name="batches")
+    emit(run.on_event, "advance", name="audit", amount=1)
+    spent = run.timings.setdefault(model, {})
+    spent[sname] = round(spent.get(sname, 0.0) + time.perf_counter() - t_search, 3)
+    run.writer.set_meta("timings", run.timings)
+
+
+def _run_jobs_sharded(run: _Run, jobs: list, adversarials_dir: Optional[Path]) -> None:
+    """Under torchrun: this rank's share of the jobs; rank 0 shows every rank's samples."""
+    dist, store = run.dist, run.store
+    total = sum(sl.stop - sl.start for *_, sl in jobs)
+
+    def progress() -> bool:
+        """Rank 0: all ranks' committed samples; True once every rank has finished."""
+        done, finished = _rows_done(store), 0
+        for path in shard_paths(store.run_dir):
+            with ResultStore(path, readonly=True, file=True) as shard:
+                done += _rows_done(shard)
+                finished += bool(shard.meta().get("finished"))
+        emit(run.on_event, "advance", name="audit", data={"completed": done})
+        return finished >= dist.world_size
+
+    if dist.is_main:
+        emit(run.on_event, "task", name="audit", total=total,
+             description=f"audit: samples × searches on {dist.world_size} ranks")
+    for j, (m, sname, bi, sl) in enumerate(jobs):
+        if dist.owns(j):
+            t0 = time.perf_counter()
+            _run_batch(run, m, sname, bi, sl, adversarials_dir)
+            spent = run.timings.setdefault(m.name, {})
+            spent[sname] = round(spent.get(sname, 0.0) + time.perf_counter() - t0, 3)
+            run.writer.set_meta("timings", run.timings)
+            if dist.is_main:
+                progress()
+    run.writer.set_meta("finished", True)
+    if dist.is_main:
+        while not progress():
+            time.sleep(0.2)
+        emit(run.on_event, "done", name="audit", description="done")
 
 
 def _measure_model(run: _Run, m: ModelEntry) -> None:
-    """Clean accuracy, mean ‖J‖_F, noise accuracy (each only when not stored) and sanity checks."""
-    plan, store, cfg = run.plan, run.store, run.plan.config
+    """Clean accuracy, mean ‖J‖_F, noise accuracy (each only when not stored; sharded by batch
+    over the ranks and summed) and, on rank 0, the sanity checks."""
+    plan, store, cfg, dist = run.plan, run.store, run.plan.config, run.dist
     d = plan.data_of(m)
     ds = d.dataset
     emit(run.on_event, "advance", name="audit", amount=0, description=f"{m.name}: clean / ‖J‖_F / noise")
@@ -253,63 +426,56 @@ def _measure_model(run: _Run, m: ModelEntry) -> None:
     if stored is None or stored["clean_accuracy"] is None or stored["jacobian_norm"] is None:
         run.start_computing()
         acc = float(np.mean(np.asarray(m.clean_pred) == ds.labels.numpy()))
-        jac = mean_jacobian_norm(m.model, ds.pixels(), batch_size=cfg.batch_size, device=plan.device)
-        store.put_model(m.name, m.checkpoint, card, clean_accuracy=acc, jacobian_norm=float(jac), n=len(ds))
-    else:
-        store.put_model(m.name, m.checkpoint, card)
+        per = dist.all_reduce_sum(jacobian_norms(m.model, ds, cfg.batch_size, plan.device, dist.owns), plan.device)
+        if dist.is_main:
+            run.writer.put_model(m.name, m.checkpoint, card, clean_accuracy=acc,
+                                 jacobian_norm=float(per.mean()), n=len(ds))
+    elif dist.is_main:
+        run.writer.put_model(m.name, m.checkpoint, card)
     have = {round(s, 12) for s, _, _ in store.noise_accuracy(m.name)}
     if any(round(s, 12) not in have for s in cfg.noise_sigmas):
         run.start_computing()
-        store.put_noise_accuracy(m.name, noise_accuracy(m.model, ds, cfg.noise_sigmas, cfg.seed,
-                                                        cfg.batch_size, plan.device))
-    k = min(len(ds), SANITY_SAMPLES)
-    for check, msg in sanity_checks(m.model, ds.pixels(slice(0, k), device=plan.device),
-                                    ds.labels[:k].to(plan.device)):
-        run.warn(m.name, check, msg)
+        correct = dist.all_reduce_sum(noise_correct(m.model, ds, cfg.noise_sigmas, cfg.seed, cfg.batch_size,
+                                                    plan.device, dist.owns), plan.device)
+        if dist.is_main:
+            n = len(ds)
+            run.writer.put_noise_accuracy(m.name, [(float(s), float(correct[k]) / n, n)
+                                                   for k, s in enumerate(cfg.noise_sigmas)])
+    if dist.is_main:
+        k = min(len(ds), SANITY_SAMPLES)
+        for check, msg in sanity_checks(m.model, ds.pixels(slice(0, k), device=plan.device),
+                                        ds.labels[:k].to(plan.device)):
+            run.warn(m.name, check, msg)
 
 
-def _run_search(run: _Run, m: ModelEntry, sname: str, adversarials_dir: Optional[Path]) -> None:
-    plan, store, cfg, device = run.plan, run.store, run.plan.config, run.plan.device
+def _run_batch(run: _Run, m: ModelEntry, sname: str, bi: int, sl: slice, adversarials_dir: Optional[Path]) -> None:
+    plan, cfg, device = run.plan, run.plan.config, run.plan.device
     ds = plan.data_of(m).dataset
-    ids = ds.ids.tolist()
-    labels = ds.labels.tolist()
-    x_norm_all = x_norms(ds)
     search = m.searches[sname]
+    bids = ds.ids[sl].tolist()
+    key = batch_key(bids, sname, search_config(search), cfg.seed)
+    if run.batch_done(m.name, sname, key):
+        return
+    run.start_computing()
+    x = ds.pixels(sl, device=device)
+    y = ds.labels[sl].to(device)
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        res = search.run(m.model, x, y, seed=cfg.seed, sample_ids=torch.as_tensor(bids, dtype=torch.int64))
     seen = {re.sub(r"\d+", "#", w["message"].rsplit(" (first seen", 1)[0])
             for w in run.warnings if w["model"] == m.name and w["check"] == f"search:{sname}"}
-    scfg = search_config(search)
-    nb = -(-len(ds) // cfg.batch_size)
-    emit(run.on_event, "advance", name="audit", amount=0, description=f"{m.name}: {sname}")
-    emit(run.on_event, "task", name="batches", total=nb, description="  batches")
-    t_search = time.perf_counter()
-    for bi, sl in batches(len(ds), cfg.batch_size):
-        bids = ids[sl]
-        key = batch_key(bids, sname, scfg, cfg.seed)
-        if store.batch_done(m.name, sname, key):
-            emit(run.on_event, "advance", name="batches", amount=1)
-            continue
-        run.start_computing()
-        x = ds.pixels(sl, device=device)
-        y = ds.labels[sl].to(device)
-        with _warnings.catch_warnings(record=True) as caught:
-            _warnings.simplefilter("always")
-            res = search.run(m.model, x, y, seed=cfg.seed, sample_ids=torch.as_tensor(bids, dtype=torch.int64))
-        for w in caught:
-            msg = str(w.message)
-            dedupe = re.sub(r"\d+", "#", msg)  # once per model × search, not per batch
-            if dedupe not in seen:
-                seen.add(dedupe)
-                run.warn(m.name, f"search:{sname}", f"{msg} (first seen in batch {bi})")
-        rows = result_rows(res, bids, labels[sl], m.clean_pred[sl], x_norm_all[sl], sname)
-        if adversarials_dir is not None:
-            save_shard(adversarials_dir / _safe_name(m.name) / _safe_name(sname) / f"batch-{bi:04d}.safetensors",
-                       res.adversarial, bids, {"model": m.name, "search": sname, "batch_key": key})
-        store.put_batch(m.name, sname, key, rows)
-        emit(run.on_event, "advance", name="batches", amount=1)
-    emit(run.on_event, "done", name="batches")
-    spent = run.timings.setdefault(m.name, {})
-    spent[sname] = round(spent.get(sname, 0.0) + time.perf_counter() - t_search, 3)
-    store.set_meta("timings", run.timings)
+    for w in caught:
+        msg = str(w.message)
+        dedupe = re.sub(r"\d+", "#", msg)  # once per model × search, not per batch
+        if dedupe not in seen:
+            seen.add(dedupe)
+            run.warn(m.name, f"search:{sname}", f"{msg} (first seen in batch {bi})")
+    x_norm = ds.pixels(sl).flatten(1).double().norm(dim=1).numpy()
+    rows = result_rows(res, bids, ds.labels[sl].tolist(), m.clean_pred[sl], x_norm, sname)
+    if adversarials_dir is not None:
+        save_shard(adversarials_dir / _safe_name(m.name) / _safe_name(sname) / f"batch-{bi:04d}.safetensors",
+                   res.adversarial, bids, {"model": m.name, "search": sname, "batch_key": key})
+    run.writer.put_batch(m.name, sname, key, rows)
 
 
 def _order_checks(run: _Run, m: ModelEntry) -> None:

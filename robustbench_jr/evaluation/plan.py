@@ -404,8 +404,3 @@ def plan_audit(config: Any, models: list[ModelEntry], data: dict[str, DataEntry]
     ident = identity(config, models, data)
     return AuditPlan(config, device, models, data, ident, short_hash(ident),
                      resolved_config(config, models, checkpoints_out))
-
-
-def x_norms(ds: ImageDataset) -> np.ndarray:
-    """‖x_i‖₂ of the clean inputs (pixel space, float64)."""
-    return ds.pixels().flatten(1).double().norm(dim=1).numpy()

@@ -61,11 +61,16 @@ def _enc(v: float) -> float:
 class ResultStore:
     """Read/write access to ``RUN_DIR/results.sqlite``."""
 
-    def __init__(self, run_dir: Optional[str | Path], readonly: bool = False):
+    def __init__(self, run_dir: Optional[str | Path], readonly: bool = False, file: bool = False):
         """Open ``run_dir/results.sqlite`` (created unless ``readonly``); ``run_dir=None``
-        keeps the store in memory (an audit from Python that writes no files)."""
-        self.run_dir = None if run_dir is None else Path(run_dir)
-        self.path = None if run_dir is None else self.run_dir / DB_NAME
+        keeps the store in memory (an audit from Python that writes no files); ``file=True``
+        opens the database file ``run_dir`` itself (a rank's shard of a sharded run)."""
+        if file:
+            self.path = Path(run_dir)
+            self.run_dir = self.path.parent
+        else:
+            self.run_dir = None if run_dir is None else Path(run_dir)
+            self.path = None if run_dir is None else self.run_dir / DB_NAME
         if self.path is None:
             self.conn = sqlite3.connect(":memory:")
             self.conn.executescript(_SCHEMA)
@@ -74,7 +79,7 @@ class ResultStore:
                 raise InputError(f"{self.run_dir}: not a run directory (no {DB_NAME}); run `jr-eval run --out DIR` first")
             self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         else:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(self.path))
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.executescript(_SCHEMA)
@@ -136,6 +141,30 @@ class ResultStore:
         with self.conn:
             self.conn.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
             self.conn.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?)", (model, search, batch_key))
+
+    def batch_count(self) -> int:
+        """Number of finished batches (all models and searches)."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0])
+
+    def merge_from(self, other: "str | Path") -> dict:
+        """Copy every row of the store file ``other`` (a rank's shard) into this one, in one
+        transaction, and return ``other``'s meta (warnings, timings) for the caller to combine."""
+        src = sqlite3.connect(f"file:{other}?mode=ro", uri=True)
+        try:
+            meta = {k: json.loads(v) for k, v in src.execute("SELECT key, value FROM meta")}
+            models = src.execute("SELECT model, checkpoint, card, clean_accuracy, jacobian_norm, n FROM models").fetchall()
+            noise = src.execute("SELECT * FROM noise_accuracy").fetchall()
+            batches = src.execute("SELECT * FROM batches").fetchall()
+            results = src.execute("SELECT * FROM results").fetchall()
+        finally:
+            src.close()
+        for m, c, card, a, j, n in models:
+            self.put_model(m, c, json.loads(card), a, j, n)
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO noise_accuracy VALUES (?, ?, ?, ?)", noise)
+            self.conn.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", results)
+            self.conn.executemany("INSERT OR REPLACE INTO batches VALUES (?, ?, ?)", batches)
+        return meta
 
     def searches(self, model: str) -> list[str]:
         return [s for (s,) in self.conn.execute(

@@ -28,7 +28,7 @@ from ..data import bundled_mnist, few_shot, get_dataset_info, load_dataset
 from ..errors import ConfigError, DataNotFoundError, JRError
 from ..jacobian import mean_jacobian_norms
 from ..models import PixelSpaceModel, make_model, save_checkpoint
-from ..runtime import EventHandler, derive_seed, emit, generator, resolve_device
+from ..runtime import SINGLE, Dist, EventHandler, derive_seed, dist_context, emit, generator
 from .config import TrainConfig, build_train_config
 
 STATE_FILE = "train_state.pt"
@@ -63,13 +63,17 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator(seed, "shuffle", epoch))
 
 
-def fgsm_perturb(model, x, y, eps_max: float, generator: torch.Generator) -> torch.Tensor:
+def fgsm_perturb(model, x, y, eps_max: float, generator: Optional[torch.Generator] = None,
+                 eps: Optional[torch.Tensor] = None) -> torch.Tensor:
     """FGSM with a per-sample ε ~ U[0, ε_max] (Hoffman et al.'s adversarial training), in
-    [0, 1] pixel space, clipped to [0, 1]."""
+    [0, 1] pixel space, clipped to [0, 1]. ``eps`` ([len(x)] in [0, 1), scaled by ε_max)
+    gives the draws; otherwise they come from ``generator``."""
     x = x.detach().requires_grad_(True)
     loss = F.cross_entropy(model(x), y)
     (g,) = torch.autograd.grad(loss, x)
-    eps = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) * eps_max
+    if eps is None:
+        eps = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype)
+    eps = eps.to(device=x.device, dtype=x.dtype) * eps_max
     return (x + eps.view(-1, *[1] * (x.ndim - 1)) * g.sign()).clamp_(0, 1).detach()
 
 
@@ -131,14 +135,42 @@ def total_steps(cfg: TrainConfig, n_train: int) -> int:
     return max(int(math.ceil(cfg.epochs * per_epoch)), 1)
 
 
-def evaluate(model: PixelSpaceModel, images, labels, jacobian_samples: Optional[int] = None) -> dict:
-    """Accuracy and mean exact ‖J‖_F, in pixel space and w.r.t. the normalised input."""
-    acc = accuracy(model, images, labels)
-    jimgs = images if jacobian_samples is None else images[:jacobian_samples]
+def evaluate(model: PixelSpaceModel, images, labels, jacobian_samples: Optional[int] = None,
+             dist: Dist = SINGLE) -> dict:
+    """Accuracy and mean exact ‖J‖_F, in pixel space and w.r.t. the normalised input.
+
+    Under torchrun each rank takes every ``world_size``-th sample; correct counts and norm
+    sums are summed over ranks (sums and counts, never averages of averages)."""
     dev = next(model.parameters()).device
-    norms = mean_jacobian_norms(model, jimgs, {"pixel": None, "normalized": model.input_scale}, 500, dev)
-    return {"accuracy": acc, "jacobian_norm": norms["pixel"][0], "jacobian_norm_normalized_input": norms["normalized"][0],
-            "n": len(labels), "n_jacobian": len(jimgs)}
+    n = len(labels)
+    n_jac = n if jacobian_samples is None else min(int(jacobian_samples), n)
+    mine = torch.arange(dist.rank, n, dist.world_size)
+    mine_jac = torch.arange(dist.rank, n_jac, dist.world_size)
+    correct = accuracy(model, images[mine], labels[mine]) * len(mine)
+    norms = mean_jacobian_norms(model, images[mine_jac], {"pixel": None, "normalized": model.input_scale}, 500, dev)
+    sums = torch.tensor([correct, float(norms["pixel"][1].sum()), float(norms["normalized"][1].sum())],
+                        dtype=torch.float64)
+    sums = dist.all_reduce_sum(sums, dev).tolist()
+    nan = float("nan")
+    return {"accuracy": round(sums[0]) / n if n else nan,
+            "jacobian_norm": sums[1] / n_jac if n_jac else nan,
+            "jacobian_norm_normalized_input": sums[2] / n_jac if n_jac else nan,
+            "n": n, "n_jacobian": n_jac}
+
+
+def _rank_batch(idx: torch.Tensor, dist: Dist) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's part of a global batch (every ``world_size``-th position) and the positions."""
+    pos = torch.arange(dist.rank, len(idx), dist.world_size, device=idx.device)
+    return idx[pos], pos
+
+
+def _resume_log(path: Path, step: int) -> None:
+    """Keep the metrics log lines up to ``step`` (the saved state): the steps after it are
+    redone and logged again, so the resumed log equals the uninterrupted one."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
 
 
 def train(
@@ -157,11 +189,24 @@ def train(
     ``parent`` is recorded in the card. Progress leaves through ``on_event``: a task
     ``train`` (total = steps) advanced at every logged step with the running statistics
     in ``data["stats"]`` and the logged record in ``data["record"]``.
+
+    Randomness is drawn per step from ``runtime.derive_seed(seed, …, step)`` (shuffles,
+    dropout, regularizer projections, FGSM ε), so a resumed run ends with the weights of an
+    uninterrupted one and needs no saved generator state.
+
+    Under ``torchrun`` the model is wrapped in DistributedDataParallel: every step's global
+    batch of ``batch_size`` samples is split over the ranks (each takes every
+    ``world_size``-th sample) and each rank's loss is weighted by its share, so that the
+    averaged gradient is the global batch's and λ, lr and steps mean what they mean on one
+    device. The regularizers draw from rank-specific generators; held-out evaluation is
+    sharded and summed exactly; rank 0 alone writes files. ``--resume`` works at any world
+    size.
     """
     if not isinstance(cfg, TrainConfig):
         cfg = build_train_config([cfg])
+    dist, ctx_device = dist_context(cfg.device)
+    device = device or ctx_device
     out = Path(out_dir)
-    device = device or resolve_device(cfg.device)
     state_path = out / STATE_FILE
     if not resume and state_path.exists():
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
@@ -172,8 +217,10 @@ def train(
             raise ConfigError(f"--resume: {out} was started with a different config (differs in: {', '.join(diff)})")
     else:
         saved = None
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    dist.barrier()  # every rank has read the state before rank 0 writes anything
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     info = get_dataset_info(cfg.dataset)
     train_set = _load_train_data(cfg)
@@ -198,18 +245,22 @@ def train(
     else:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     reg = cfg.build_regularizer()
-    reg_gen = generator(cfg.seed, "regularizer", device=device)
-    adv_gen = generator(cfg.seed, "adversarial", device=device)
     start = 0
+    # running sums of the logged statistics (loss, ce, reg, accuracy) since the last log line
+    sums = torch.zeros(4, device=device, dtype=torch.float64)
+    count = 0
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
-        reg_gen.set_state(saved["reg_gen"])
-        adv_gen.set_state(saved["adv_gen"])
-        torch.set_rng_state(saved["cpu_rng"])
-        if device.type == "cuda" and saved.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(saved["cuda_rng"], device)
         start = int(saved["step"])
+        if "log_sums" in saved:
+            sums += saved["log_sums"].to(device)
+            count = int(saved["log_count"])
+    if dist.is_main:
+        _resume_log(out / METRICS_FILE, start)
+    net = model
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     x_all = train_set.pixels(device=device)
     y_all = train_set.labels.to(device)
@@ -227,17 +278,15 @@ def train(
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise diverged(step, "the weights became NaN or infinite")
         last_saved = step
-        _atomic_torch_save({
-            "step": step, "config": to_dict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "reg_gen": reg_gen.get_state(), "adv_gen": adv_gen.get_state(), "cpu_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "elapsed": time.time() - t0,
-        }, state_path)
+        if dist.is_main:
+            _atomic_torch_save({
+                "step": step, "config": to_dict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "log_sums": sums.detach().cpu(), "log_count": count, "elapsed": time.time() - t0,
+                "world_size": dist.world_size,
+            }, state_path)
 
-    metrics_f = open(out / METRICS_FILE, "a")
+    metrics_f = open(out / METRICS_FILE, "a") if dist.is_main else None
     n_adv = int(round(cfg.adv_fraction * bs))
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, ce, reg, correct
-    count = 0
     # training time so far: a resumed run goes on counting from its last saved state (the time
     # while it was stopped, and the steps redone after it, are not counted twice)
     t0 = time.time() - (float(saved.get("elapsed", 0.0)) if saved is not None else 0.0)
@@ -248,31 +297,41 @@ def train(
             lr = learning_rate(cfg, step)
             for grp in opt.param_groups:
                 grp["lr"] = lr
-            idx = batch_indices(n_train, cfg.batch_size, step, cfg.seed).to(device)
+            torch.manual_seed(derive_seed(cfg.seed, "step", dist.rank, step))  # dropout
+            idx, pos = _rank_batch(batch_indices(n_train, cfg.batch_size, step, cfg.seed).to(device), dist)
             x, y = x_all[idx], y_all[idx]
+            share = len(idx) / bs  # this rank's part of the global batch
             if n_adv > 0:
-                x = torch.cat([fgsm_perturb(model, x[:n_adv], y[:n_adv], cfg.adv_eps_max, adv_gen), x[n_adv:]])
-            loss, ce, r, logits = step_loss(model, reg, x, y, reg_gen)
+                k = int((pos < n_adv).sum())
+                if k:
+                    eps = torch.rand(bs, generator=generator(cfg.seed, "adversarial", step, device=device),
+                                     device=device)[pos[:k]]
+                    x = torch.cat([fgsm_perturb(model, x[:k], y[:k], cfg.adv_eps_max, eps=eps), x[k:]])
+            loss, ce, r, logits = step_loss(net, reg, x, y, generator(cfg.seed, "regularizer", dist.rank, step,
+                                                                       device=device))
             if not torch.isfinite(loss):
                 raise diverged(step, f"the loss became {loss.item()}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients: weighting each rank's mean by its share times the
+            # world size makes that average the gradient of the global batch's mean loss
+            (loss * (share * dist.world_size) if dist.enabled else loss).backward()
             opt.step()
             sums += torch.stack([loss.detach(), ce.detach(), r.value.to(loss.dtype),
-                                 (logits.argmax(1) == y).sum().to(loss.dtype) / len(y)]).double()
+                                 (logits.argmax(1) == y).sum().to(loss.dtype) / len(y)]).double() * share
             count += 1
             done = step + 1
             if done % cfg.log_every == 0 or done == steps:
-                m = (sums / count).tolist()
+                m = (dist.all_reduce_sum(sums, device) / count).tolist()
                 rec = {"step": done, "lr": lr, "loss": m[0], "ce": m[1], "reg": m[2], "train_acc": m[3],
                        "time": round(time.time() - t0, 2)}
                 if cfg.eval_every and (done % cfg.eval_every == 0):
-                    ev = evaluate(model, eval_x, eval_y, jacobian_samples=min(200, len(eval_y)))
+                    ev = evaluate(model, eval_x, eval_y, jacobian_samples=min(200, len(eval_y)), dist=dist)
                     model.train()
                     rec.update({"heldout_acc": ev["accuracy"], "heldout_jacobian_norm": ev["jacobian_norm"]})
                     last_eval = ev
-                metrics_f.write(json.dumps(rec) + "\n")
-                metrics_f.flush()
+                if metrics_f is not None:
+                    metrics_f.write(json.dumps(rec) + "\n")
+                    metrics_f.flush()
                 stats = f"loss {m[0]:.4f} ce {m[1]:.4f} reg {m[2]:.3g} acc {m[3]:.3f}"
                 if last_eval:
                     stats += f" | held-out acc {last_eval['accuracy']:.4f} ‖J‖ {last_eval['jacobian_norm']:.2f}"
@@ -282,16 +341,22 @@ def train(
             if done % cfg.save_every == 0 or done == steps:
                 save_state(done)
     finally:
-        metrics_f.close()
+        if metrics_f is not None:
+            metrics_f.close()
     emit(on_event, "done", name="train")
 
     wall = time.time() - t0
-    final = evaluate(model, heldout.images, heldout.labels)
+    final = evaluate(model, heldout.images, heldout.labels, dist=dist)
+    devices = [str(device)]
+    if dist.enabled:
+        devices = [None] * dist.world_size
+        torch.distributed.all_gather_object(devices, str(device))
     card = {
         "architecture": cfg.model,
         "dataset": cfg.dataset,
         "normalization": model.normalization,
         "training": {**to_dict(cfg), "steps_done": steps, "device": str(device),
+                     "world_size": dist.world_size, "devices": devices,
                      "wall_time_s": round(wall, 1), "torch_version": str(torch.__version__)},
         "seed": cfg.seed,
         "metrics": {
@@ -305,5 +370,7 @@ def train(
         "parent": parent,
         "package_version": __version__,
     }
-    save_checkpoint(out, model, card)
+    if dist.is_main:
+        save_checkpoint(out, model, card)
+    dist.barrier()
     return card
