@@ -10,11 +10,14 @@ import typing
 import click
 
 from ..config import read_yaml, spec_of
+from ..data import DATASETS
+from ..jacobian import REGULARIZERS
+from ..models import ARCHITECTURES
 from ..training import TrainConfig, train
 from ..training import finetune as finetune_model
 from ..training.config import build_train_config
-from .common import config_option, console, device_option, handle_errors
 from ..runtime import env_rank
+from .common import config_option, console, device_option, handle_errors
 from .progress import RichEvents
 
 
@@ -28,10 +31,6 @@ _CLICK_TYPES = {"data_root": click.Path(file_okay=False)}
 
 def _registries() -> dict:
     """Fields whose valid values are an open registry: listed in the help, checked by TrainConfig."""
-    from ..data import DATASETS
-    from ..jacobian import REGULARIZERS
-    from ..models import ARCHITECTURES
-
     return {"model": ARCHITECTURES, "dataset": DATASETS, "regularizer": REGULARIZERS}
 
 

@@ -58,10 +58,6 @@ class TrainConfig:
     def validate(self) -> None:
         """Checks across fields and against the registries; each field's own range is
         declared on it and checked by :func:`~robustbench_jr.config.check_constraints`."""
-        from ..jacobian import REGULARIZERS
-        from ..models import ARCHITECTURES
-        from ..data import DATASETS
-
         # open registries (names are registered at import), with the shared unknown-name wording
         if self.model not in ARCHITECTURES:
             raise unknown_name("model", self.model, ARCHITECTURES)
@@ -77,7 +73,6 @@ class TrainConfig:
         self.build_regularizer()
 
     def build_regularizer(self):
-        from ..jacobian import REGULARIZERS, build_regularizer
 
         cls = REGULARIZERS[self.regularizer]
         opts = dict(self.reg_options or {})
@@ -103,7 +98,6 @@ def build_train_config(layers, where: str = "training config", finetune: bool = 
       Jakubovitz–Giryes' penalty form unless the layers name one.
     This is what `jr-train fit|finetune` and `jr-train table` both use.
     """
-    from ..config import build_config
 
     layers = [dict(layer or {}) for layer in layers]
     cfg = build_config(TrainConfig, FINETUNE_DEFAULTS if finetune else {}, *layers, where=where)
