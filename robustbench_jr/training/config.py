@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import check_constraints, param
+from ..config import build_config, check_constraints, param
+from ..data import DATASETS
+from ..jacobian import REGULARIZERS, build_regularizer
+from ..models import ARCHITECTURES
 from ..errors import ConfigError, unknown_name
 
 
