@@ -52,6 +52,8 @@ class PGDSearch(Search):
         found = torch.zeros(b, dtype=torch.bool, device=dev)
         active = torch.ones(b, dtype=torch.bool, device=dev)
         zero_grad = torch.zeros(b, dtype=torch.bool, device=dev)
+        # one host-device synchronisation per iteration (the compaction to the active samples);
+        # everything else is masked arithmetic on the device
         for step in range(cfg.max_steps + 1):
             idx = active.nonzero().squeeze(1)
             if not idx.numel():
@@ -63,24 +65,22 @@ class PGDSearch(Search):
                 fooled = logits.detach().argmax(1) != y[idx]
                 if step == 0:
                     fooled = torch.zeros_like(fooled)  # the search only gets correctly classified samples
-                f_idx = idx[fooled]
-                adv[f_idx] = cur[f_idx]
-                found[f_idx] = True
-                active[f_idx] = False
-                if step == cfg.max_steps or bool(fooled.all()):
+                adv[idx] = torch.where(fooled.view(-1, 1, 1, 1), cur[idx], adv[idx])
+                found[idx] |= fooled
+                active[idx] &= ~fooled
+                if step == cfg.max_steps:
                     continue
                 keep = ~fooled
-                loss = F.cross_entropy(logits[keep], y[idx[keep]], reduction="sum")
+                # a fooled sample's loss is masked out: its input gradient is exactly zero
+                loss = (F.cross_entropy(logits, y[idx], reduction="none") * keep).sum()
                 (g,) = torch.autograd.grad(loss, xin)
-            k_idx = idx[keep]
-            g = g[keep]
-            tally.add_grad(k_idx)
-            zero_grad[k_idx] |= (g.flatten(1) == 0).all(1) & (step == 0)
-            nxt = cur[k_idx] + cfg.step_size * g.sign()
-            nxt = torch.minimum(torch.maximum(nxt, box_lo[k_idx]), box_hi[k_idx])
+            tally.grad[idx] += keep.to(torch.int64)
+            zero_grad[idx] |= (g.flatten(1) == 0).all(1) & keep & (step == 0)
+            nxt = cur[idx] + cfg.step_size * g.sign()
+            nxt = torch.minimum(torch.maximum(nxt, box_lo[idx]), box_hi[idx])
             # a step that changes nothing repeats forever: that sample is stuck
-            stuck = (nxt == cur[k_idx]).flatten(1).all(1)
-            active[k_idx[stuck]] = False
-            cur[k_idx] = nxt
+            stuck = (nxt == cur[idx]).flatten(1).all(1) & keep
+            active[idx] &= ~stuck
+            cur[idx] = torch.where(keep.view(-1, 1, 1, 1), nxt, cur[idx])
         warn_zero_gradients(self.name, int(zero_grad.sum()))
         return Found(adv, found, tally.forward, tally.grad)
