@@ -27,7 +27,7 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except JRError as exc:
-            console.print(f"[bold red]error:[/] {escape(where + str(exc))}", highlight=False, markup=True)
+            console.print(f"[bold red]error:[/] {escape(where + str(exc))}", highlight=False, markup=True, soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted[/]{' on ' + where[:-2] if where else ''}; finished work is kept")

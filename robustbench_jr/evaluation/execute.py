@@ -32,7 +32,7 @@ from ..jacobian import mean_jacobian_norm
 from ..runtime import SINGLE, Dist, EventHandler, emit, generator, hardware, now, versions
 from .metrics import SAMPLES_NOTE, order_violations, summarize
 from .plan import AuditPlan, ModelEntry, batch_key, batches, differences, search_config
-from .store import ResultStore
+from .store import ResultStore, RunLock
 
 #: (weaker, stronger) pairs checked for search-order violations, and the thresholds
 ORDER_PAIRS = (("noise", "cw"), ("noise", "deepfool"))
@@ -174,8 +174,9 @@ def open_store(out: Optional[Path], plan: AuditPlan) -> ResultStore:
         return ResultStore(None)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a directory for the run")
+    lock = RunLock(out)  # held until the run's store is closed: one writer per run directory
     if (out / "results.sqlite").exists():
-        store = ResultStore(out)
+        store = ResultStore(out, lock=lock)
         meta = store.meta()
         old_hash = meta.get("config_hash")
         has_rows = store.conn.execute("SELECT 1 FROM results LIMIT 1").fetchone() is not None
@@ -187,7 +188,7 @@ def open_store(out: Optional[Path], plan: AuditPlan) -> ResultStore:
                 + "".join(f"  - {d}\n" for d in diffs)
                 + "Use another --out directory, or delete this one to start over.")
         return store
-    return ResultStore(out)
+    return ResultStore(out, lock=lock)
 
 
 # ---------------------------------------------------------------------------

@@ -16,8 +16,10 @@ results(model, search, sample_id, label, clean_pred, adv_pred, fooled,
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -58,13 +60,45 @@ def _enc(v: float) -> float:
     return v
 
 
+class RunLock:
+    """An exclusive lock on a run directory (``RUN_DIR/.lock``, ``flock``), taken at once or
+    refused: two audits writing one run directory could otherwise both pass the config check
+    and mix their rows. Released when the process ends, however it ends."""
+
+    def __init__(self, run_dir: str | Path):
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / ".lock"
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise InputError(f"{run_dir} is in use by another run ({holder}); wait for it to finish, "
+                             "or give another --out") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()}")
+        self.fh.flush()
+
+    def release(self) -> None:
+        if not self.fh.closed:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+
+
 class ResultStore:
     """Read/write access to ``RUN_DIR/results.sqlite``."""
 
-    def __init__(self, run_dir: Optional[str | Path], readonly: bool = False, file: bool = False):
+    def __init__(self, run_dir: Optional[str | Path], readonly: bool = False, file: bool = False,
+                 lock: Optional[RunLock] = None):
         """Open ``run_dir/results.sqlite`` (created unless ``readonly``); ``run_dir=None``
         keeps the store in memory (an audit from Python that writes no files); ``file=True``
-        opens the database file ``run_dir`` itself (a rank's shard of a sharded run)."""
+        opens the database file ``run_dir`` itself (a rank's shard of a sharded run); ``lock``
+        (a :class:`RunLock`) is released when the store is closed."""
+        self.lock = lock
         if file:
             self.path = Path(run_dir)
             self.run_dir = self.path.parent
@@ -87,6 +121,8 @@ class ResultStore:
 
     def close(self) -> None:
         self.conn.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def __enter__(self):
         return self
