@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -69,7 +67,3 @@ class RichEvents:
             self.tasks[name] = self.progress.add_task(name, total=None, stats="")
         return self.tasks[name]
 
-
-def rich_events(console: Console, enabled: bool = True, stats: bool = False) -> Optional[RichEvents]:
-    """A :class:`RichEvents` handler (a context manager) for ``console``."""
-    return RichEvents(console, enabled, stats)

@@ -83,6 +83,21 @@ def name_list(v: Any, where: str) -> list[str]:
     return list(v)
 
 
+def check_keys(d: Any, valid, where: str, required=()) -> dict:
+    """``d`` is a mapping with only ``valid`` keys and every ``required`` one (the key check of
+    every table.yaml section)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
+    unknown = [k for k in d if k not in valid]
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(repr(k) for k in unknown)} in {where}; "
+                          f"valid keys: {', '.join(valid)}")
+    for k in required:
+        if k not in d:
+            raise ConfigError(f"{where}: missing key {k!r}")
+    return d
+
+
 def parse_check(c: Any, where: str, run_names: set, col_keys: set) -> Check:
     """A :class:`Check` from one entry of ``checks:`` (unknown keys and bad values are errors)."""
     if not isinstance(c, dict) or "kind" not in c:
@@ -92,10 +107,7 @@ def parse_check(c: Any, where: str, run_names: set, col_keys: set) -> Check:
         raise ConfigError(f"{where}: unknown check kind {kind!r}; valid: {', '.join(CHECK_KINDS)}")
     req, opt = CHECK_KINDS[kind]
     valid = CHECK_COMMON + req + opt
-    unknown = [k for k in c if k not in valid]
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(repr(k) for k in unknown)} in {where}; "
-                          f"valid keys: {', '.join(valid)}")
+    check_keys(c, valid, where)
     for k in req:
         if k not in c:
             raise ConfigError(f"{where}: a {kind!r} check needs {k!r}")

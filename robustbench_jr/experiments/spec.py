@@ -78,7 +78,7 @@ from ..data import get_dataset_info
 from ..errors import ConfigError
 from ..evaluation import metrics
 from ..evaluation.audit import AuditConfig
-from .checks import Check, attach_rule, check_columns, check_runs, finite_number, name_list, parse_check
+from .checks import Check, attach_rule, check_columns, check_keys, check_runs, finite_number, name_list, parse_check
 
 TABLE_FILE = "table.yaml"
 
@@ -186,20 +186,6 @@ def _where(path: Path, what: str = "") -> str:
     return f"{path}{(': ' + what) if what else ''}"
 
 
-def _check_keys(d: Any, valid, where: str, required=()) -> dict:
-    """``d`` is a mapping with only ``valid`` keys and every ``required`` one."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
-    unknown = [k for k in d if k not in valid]
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(repr(k) for k in unknown)} in {where}; "
-                          f"valid keys: {', '.join(valid)}")
-    for k in required:
-        if k not in d:
-            raise ConfigError(f"{where}: missing key {k!r}")
-    return d
-
-
 def audit_metric(metric: str) -> Optional[tuple[str, Optional[str], tuple]]:
     """``(registry name, search or None, arguments)`` of an ``audit.…`` column metric, else None."""
     if not metric.startswith("audit."):
@@ -263,7 +249,7 @@ def load_table(table_dir: str | Path) -> TableSpec:
     if not path.is_file():
         raise ConfigError(f"{d} is not an experiment table: no {TABLE_FILE} in it (an experiment table is a "
                           f"directory with {TABLE_FILE} and one training YAML per run; see experiments/README.md)")
-    raw = _check_keys(read_yaml(path), TABLE_KEYS, _where(path), required=("title", "columns", "runs"))
+    raw = check_keys(read_yaml(path), TABLE_KEYS, _where(path), required=("title", "columns", "runs"))
     name = d.resolve().name
     table_audit = raw.get("audit")
     if table_audit is not None and not isinstance(table_audit, dict):
@@ -275,7 +261,7 @@ def load_table(table_dir: str | Path) -> TableSpec:
     columns: list[Column] = []
     for i, c in enumerate(raw["columns"]):
         w = f"{path}: columns[{i}]"
-        _check_keys(c, COLUMN_KEYS, w, required=("key", "metric"))
+        check_keys(c, COLUMN_KEYS, w, required=("key", "metric"))
         check_metric_name(str(c["metric"]), w)
         col = Column(key=str(c["key"]), label=str(c.get("label", c["key"])), metric=str(c["metric"]),
                      scale=finite_number(c.get("scale", 1.0), f"{w}.scale"), digits=int(c.get("digits", 2)))
@@ -290,7 +276,7 @@ def load_table(table_dir: str | Path) -> TableSpec:
     runs: list[RunSpec] = []
     for i, r in enumerate(raw["runs"]):
         w = f"{path}: runs[{i}]"
-        _check_keys(r, RUN_KEYS, w, required=("name",))
+        check_keys(r, RUN_KEYS, w, required=("name",))
         rname = str(r["name"])
         w = f"{path}: run {rname!r}"
         if not _NAME_RE.match(rname):
@@ -346,7 +332,7 @@ def load_table(table_dir: str | Path) -> TableSpec:
     # pivot
     pivot = raw.get("pivot")
     if pivot is not None:
-        _check_keys(pivot, PIVOT_KEYS, f"{path}: pivot", required=PIVOT_KEYS)
+        check_keys(pivot, PIVOT_KEYS, f"{path}: pivot", required=PIVOT_KEYS)
         if pivot["column"] not in col_keys:
             raise ConfigError(f"{path}: pivot.column {pivot['column']!r} is not a column")
         pivot = {"column": str(pivot["column"]), "rows": name_list(pivot["rows"], f"{path}: pivot.rows"),
