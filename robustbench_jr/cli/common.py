@@ -7,6 +7,7 @@ import sys
 
 import click
 import torch
+import yaml
 from rich.console import Console
 from rich.markup import escape
 
@@ -44,3 +45,110 @@ device_option = click.option(
 config_option = click.option(
     "--config", "config_file", type=click.Path(dir_okay=False), default=None,
     help="YAML file with options; command-line options override it.")
+
+
+# ---------------------------------------------------------------------------
+# the model and image-folder options of `jr-eval run` and `jr-eval cells`
+# ---------------------------------------------------------------------------
+
+class MappingType(click.ParamType):
+    """A YAML/JSON flow mapping (``{width: 16, depth: 2}``) or ``key=value,key=value``."""
+
+    name = "MAPPING"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        text = str(value).strip()
+        try:
+            if text.startswith("{"):
+                out = yaml.safe_load(text)
+            else:
+                out = {}
+                for part in filter(None, (p.strip() for p in text.split(","))):
+                    k, sep, v = part.partition("=")
+                    if not sep or not k.strip():
+                        raise ValueError(part)
+                    out[k.strip()] = yaml.safe_load(v.strip())
+        except (yaml.YAMLError, ValueError):
+            self.fail(f"{value!r} is not a mapping; write '{{width: 16, depth: 2}}' or 'width=16,depth=2'", param, ctx)
+        if not isinstance(out, dict):
+            self.fail(f"{value!r} is not a mapping; write '{{width: 16, depth: 2}}' or 'width=16,depth=2'", param, ctx)
+        return out
+
+
+class NumbersType(click.ParamType):
+    """Comma-separated numbers (``0.485,0.456,0.406``; ``3x224x224`` for shapes)."""
+
+    def __init__(self, kind=float, name: str = "X,Y,Z"):
+        self.kind, self.name = kind, name
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        parts = [p for p in str(value).replace("x", ",").replace("×", ",").replace(" ", ",").split(",") if p]
+        try:
+            out = [self.kind(p) for p in parts]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of {'integers' if self.kind is int else 'numbers'}",
+                      param, ctx)
+        if not out:
+            self.fail("expected at least one value", param, ctx)
+        return out
+
+
+#: (name, click option) of the model options; ``--arch`` is added where a command has none
+MODEL_OPTION_NAMES = ("arch_kwargs", "num_classes", "mean", "std", "input_size")
+DATA_OPTION_NAMES = ("image_size", "resize", "crop")
+
+
+def model_data_options(arch: bool = False, data: bool = True):
+    """Add the model options (``--arch-kwargs``, ``--num-classes``, ``--mean``, ``--std``,
+    ``--input-size``; ``--arch`` with ``arch=True``) and the image-folder options
+    (``--image-size``, ``--resize``, ``--crop``) to a command; the command receives the ones
+    given as one mapping ``model_opts`` (AuditConfig field names)."""
+    opts = []
+    if arch:
+        opts.append(click.option("--arch", default=None, help=ARCH_HELP))
+    opts += [
+        click.option("--arch-kwargs", type=MappingType(), default=None,
+                     help="Keyword arguments of a timm/torchvision/factory --arch, e.g. '{width: 16}' or width=16."),
+        click.option("--num-classes", type=click.IntRange(min=1), default=None,
+                     help="Classes of bare weights where they differ from the architecture's default "
+                          "(e.g. a timm/torchvision model fine-tuned on 10 classes)."),
+        click.option("--mean", type=NumbersType(float, "M[,M,M]"), default=None,
+                     help="Per-channel mean the model expects to be subtracted, in [0,1] pixel units "
+                          "(with --std; default: the card, or the timm/torchvision pretrained config)."),
+        click.option("--std", type=NumbersType(float, "S[,S,S]"), default=None,
+                     help="Per-channel std the model expects inputs to be divided by (with --mean)."),
+        click.option("--input-size", type=NumbersType(int, "C,H,W"), default=None,
+                     help="Input shape C,H,W the model takes (default: its card or pretrained config, else the data's)."),
+    ]
+    if data:
+        opts += [
+            click.option("--image-size", type=click.IntRange(min=1), default=None,
+                         help="Image folders: resize the shorter side to S and centre crop S×S "
+                              "(default: the model's input size, with its pretrained config's resize/crop)."),
+            click.option("--resize", type=click.IntRange(min=1), default=None,
+                         help="Image folders: resize the shorter side to R (then --crop)."),
+            click.option("--crop", type=click.IntRange(min=1), default=None,
+                         help="Image folders: centre crop C×C after --resize."),
+        ]
+    names = MODEL_OPTION_NAMES + (DATA_OPTION_NAMES if data else ())
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            given = {k: kwargs.pop(k) for k in names if k in kwargs}
+            if arch:
+                given["arch"] = kwargs.pop("arch", None)
+            return fn(*args, model_opts={k: v for k, v in given.items() if v is not None}, **kwargs)
+        for opt in reversed(opts):
+            wrapper = opt(wrapper)
+        return wrapper
+    return deco
+
+
+ARCH_HELP = ("Architecture of bare weights (.safetensors, .pt/.pth state dicts read with weights_only=True): "
+             "a registry name (lenet, resnet18-cifar, …), timm:NAME, torchvision:NAME, pkg.module:factory or "
+             "path/to/models.py:factory.")

@@ -21,7 +21,7 @@ from ..evaluation.audit import ALL_SEARCHES, AuditConfig, json_document, run_aud
 from ..evaluation.metrics import SAMPLES_NOTE
 from ..runtime import env_rank
 from . import report_cmds
-from .common import config_option, console, handle_errors
+from .common import ARCH_HELP, config_option, console, handle_errors, model_data_options
 from .progress import RichEvents
 
 _DEFAULTS = AuditConfig()
@@ -70,6 +70,11 @@ def main(ctx: click.Context) -> None:
 @main.command(help=f"""Audit CHECKPOINT... (directories, .safetensors/.pt files or bundled names).
 
 \b
+CHECKPOINT is a bundled name, a checkpoint directory (model.safetensors + card.yaml),
+bare weights (.safetensors, a .pt/.pth state dict) with --arch, a TorchScript or
+torch.export (.pt2) archive, or timm:NAME / torchvision:NAME for the library's
+pretrained weights. --arch, --arch-kwargs, --num-classes, --mean/--std and
+--input-size apply to checkpoints without a card.
 Without CHECKPOINT: the bundled checkpoints on the bundled MNIST slice with
 --budget quick (the demo audit, under 3 minutes on 2 CPU cores).
 For every model × search × sample one row goes to OUT/results.sqlite, committed
@@ -89,9 +94,10 @@ Exit status: 0 when the audit completed, 2 on bad input.""")
 @click.option("--n", "n", type=int, default=None, help=f"Number of test samples.  [default: {_DEFAULTS.n}]")
 @click.option("--subset", type=click.Choice(["first", "random"]), default=None,
               help="The first N test samples or N random ones (drawn with --seed).  [default: first]")
-@click.option("--dataset", default=None, help="Dataset to audit on (default: each checkpoint card's).")
-@click.option("--arch", default=None,
-              help="Architecture of bare state dicts (.pt/.pth, weights_only=True), e.g. resnet18-cifar.")
+@click.option("--dataset", default=None,
+              help="Dataset to audit on: a registered name, or your data as folder:PATH (ImageFolder layout), "
+                   "npz:PATH or safetensors:PATH (arrays images, labels).  [default: each checkpoint card's]")
+@click.option("--arch", default=None, help=ARCH_HELP)
 @click.option("--data-root", default=None, type=click.Path(file_okay=False), help="Where to look for the data.")
 @click.option("--source", type=click.Choice(["auto", "bundled", "local"]), default=None,
               help="auto: local files, or for MNIST with N ≤ 1000 the bundled slice when the full test set "
@@ -111,9 +117,10 @@ Exit status: 0 when the audit completed, 2 on bad input.""")
               help="Write adversarial images to OUT/adversarials/<model>/<search>/batch-XXXX.safetensors.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout (progress on stderr).")
 @click.option("--quiet", is_flag=True, help="No progress bars and no table.")
+@model_data_options()
 @handle_errors
 def run(checkpoints, attacks, budget, n, subset, dataset, arch, data_root, source, out_dir, config_file, seed, device,
-        threads, batch_size, save_adversarials, as_json, quiet) -> None:
+        threads, batch_size, save_adversarials, as_json, quiet, model_opts) -> None:
     file_layer = read_yaml(config_file) if config_file else {}
     file_ckpts = file_layer.pop("checkpoints", None)
     if file_ckpts is not None and not (isinstance(file_ckpts, list) and all(isinstance(c, str) for c in file_ckpts)):
@@ -122,6 +129,7 @@ def run(checkpoints, attacks, budget, n, subset, dataset, arch, data_root, sourc
     cli_layer = dict(attacks=attacks, budget=budget, n=n, subset=subset, dataset=dataset, arch=arch,
                      data_root=data_root, source=source,
                      seed=seed, device=device, batch_size=batch_size, save_adversarials=save_adversarials)
+    cli_layer.update(model_opts)
     defaults = {} if ckpts else {"source": "bundled", "budget": "quick"}
     where = f"config file {config_file!r}" if config_file else "options"
     cfg = build_config(AuditConfig, defaults, file_layer, cli_layer, where=where)

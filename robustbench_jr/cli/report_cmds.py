@@ -18,7 +18,7 @@ from ..reports.gate import evaluate, junit_xml, load_policy
 from ..reports.report import write_report
 from ..runtime import resolve_device
 from . import render
-from .common import console, device_option, handle_errors
+from .common import console, device_option, handle_errors, model_data_options
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -127,8 +127,9 @@ def gate_cmd(run_dir, policy_file, rules, baseline, baseline_model, models, conf
 @click.argument("checkpoints", nargs=-1, required=True)
 @click.option("--index", "index", type=int, required=True, help="Test sample (position in the dataset split).")
 @click.option("--plane", type=click.Choice(["random", "adversarial"]), default="random", show_default=True)
-@click.option("--dataset", default=None, help="Dataset name (default: the bundled MNIST slice for MNIST checkpoints, "
-                                              "else the first checkpoint card's dataset).")
+@click.option("--dataset", default=None, help="Dataset name, or folder:PATH / npz:PATH / safetensors:PATH (default: "
+                                              "the bundled MNIST slice for MNIST checkpoints, else the first "
+                                              "checkpoint card's dataset).")
 @click.option("--data-root", default=None, type=click.Path(file_okay=False), help="Where to look for the data.")
 @click.option("--radius", type=float, default=None,
               help="Half-width of the plane in L2 units ([0,1] pixel space).  [default: from the boundary distances]")
@@ -138,14 +139,15 @@ def gate_cmd(run_dir, policy_file, rules, baseline, baseline_model, models, conf
               help="Directory for cells-<index>-<plane>.png/.svg/.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the boundary distances as JSON on stdout.")
 @device_option
+@model_data_options(arch=True)
 @handle_errors
 def cells_cmd(checkpoints, index, plane, dataset, data_root, radius, resolution, seed, out_dir, as_json,
-              device) -> None:
+              device, model_opts) -> None:
     from rich.table import Table
 
     res = checkpoint_cross_sections(list(checkpoints), index=index, plane=plane, dataset=dataset,
                                     data_root=data_root, radius=radius, resolution=resolution, seed=seed,
-                                    device=resolve_device(device))
+                                    device=resolve_device(device), options=model_opts)
     paths = save_cells(res, Path(out_dir))
     if as_json:
         click.echo(paths["json"].read_text(encoding="utf-8"))

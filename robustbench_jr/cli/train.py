@@ -17,7 +17,7 @@ from ..training import TrainConfig, train
 from ..training import finetune as finetune_model
 from ..training.config import build_train_config
 from ..runtime import env_rank
-from .common import config_option, console, device_option, handle_errors
+from .common import MappingType, NumbersType, config_option, console, device_option, handle_errors
 from .progress import RichEvents
 
 
@@ -26,7 +26,9 @@ _NOT_OPTIONS = {"reg_options", "device"}
 #: extra names of an option (the first is the option itself)
 _ALIASES = {"lam": ("--lam", "--lambda"), "regularizer": ("--regularizer", "-r")}
 #: click types that say more than the annotation
-_CLICK_TYPES = {"data_root": click.Path(file_okay=False)}
+_CLICK_TYPES = {"data_root": click.Path(file_okay=False), "arch_kwargs": MappingType(),
+               "mean": NumbersType(float, "M[,M,M]"), "std": NumbersType(float, "S[,S,S]"),
+               "input_size": NumbersType(int, "C,H,W")}
 
 
 def _registries() -> dict:
@@ -145,15 +147,21 @@ def fit(**kwargs):
 
 @main.command()
 @click.argument("checkpoint")
-@click.option("--arch", help="Architecture of a bare .pt/.pth/.safetensors state dict.")
-@click.option("--num-classes", type=int, help="Number of classes of a bare state dict.")
+@click.option("--arch", help="Architecture of bare weights (.safetensors, .pt/.pth state dict): a registry name, "
+                              "timm:NAME, torchvision:NAME, pkg.module:factory or path/to/models.py:factory.")
+@click.option("--num-classes", type=click.IntRange(min=1),
+              help="Classes of bare weights where they differ from the architecture's default.")
 @_train_options
 @handle_errors
 def finetune(checkpoint, arch, num_classes, **kwargs):
     """Post-process a trained model with a Jacobian penalty (Jakubovitz & Giryes).
 
-    CHECKPOINT is a bundled name (lenet-mnist), a checkpoint directory, or a plain
-    PyTorch/torchvision state dict (.pt/.pth, loaded with weights_only=True) plus --arch.
+    CHECKPOINT is a bundled name (lenet-mnist), a checkpoint directory, bare weights
+    (.safetensors, or a .pt/.pth state dict loaded with weights_only=True) plus --arch
+    (timm:NAME, torchvision:NAME, pkg.module:factory, path/to/models.py:factory or a
+    registry name), or timm:NAME / torchvision:NAME for the library's pretrained
+    weights. --dataset may be your own data (folder:PATH, npz:PATH, safetensors:PATH).
+    The result audits by directory name: jr-eval run OUT.
     Defaults: Adam lr 1e-4, batch 500, 2000 steps, exact Jacobian penalty of
     Jakubovitz–Giryes eq. (4) with λ = 0.1. The card names the parent checkpoint.
     """

@@ -1,7 +1,8 @@
 """Datasets: registry by name, IDX/torchvision loaders, the bundled real MNIST slice."""
 
 from .base import DatasetInfo, ImageDataset
-from .registry import DATASETS, data_roots, get_dataset_info, load_dataset, not_found
+from .registry import DATASETS, data_roots, get_dataset_info, is_dataset, load_dataset, not_found
+from .files import absolute_data_spec, is_file_spec, load_file_dataset
 from .mnist import bundled_mnist
 from .idx import read_idx, write_idx
 from . import cifar, digits, imagenet  # noqa: F401  (register cifar10, cifar100, digits, imagenet)
@@ -13,7 +14,8 @@ from .samples import FOOLBOX_DATASETS, foolbox_samples
 
 __all__ = [
     "DATASETS", "DatasetInfo", "FOOLBOX_DATASETS", "ImageDataset", "RestrictedUnpickler",
-    "UnsafePickleError", "bundled_mnist", "data_roots", "digits_to_mnist_layout", "few_shot",
-    "foolbox_samples", "get_dataset_info", "imagenet_preprocess", "load_dataset", "not_found",
+    "UnsafePickleError", "absolute_data_spec", "bundled_mnist", "data_roots", "digits_to_mnist_layout", "few_shot",
+    "foolbox_samples", "get_dataset_info", "imagenet_preprocess", "is_dataset", "is_file_spec", "load_dataset",
+    "load_file_dataset", "not_found",
     "read_cifar_batches", "read_idx", "safe_unpickle", "write_idx",
 ]

@@ -9,6 +9,7 @@ from typing import Iterable, Optional
 
 from ..errors import ConfigError, DataNotFoundError, unknown_name
 from .base import DatasetInfo, ImageDataset
+from .files import file_dataset_info, is_file_spec, load_file_dataset
 
 DATASETS: dict[str, DatasetInfo] = {}
 
@@ -21,9 +22,18 @@ def register(info: DatasetInfo) -> DatasetInfo:
 
 
 def get_dataset_info(name: str) -> DatasetInfo:
+    """A registered dataset's info, or one made for ``folder:``/``npz:``/``safetensors:PATH``."""
+    if is_file_spec(name):
+        return file_dataset_info(name)
     if name not in DATASETS:
-        raise unknown_name("dataset", name, DATASETS)
+        err = unknown_name("dataset", name, DATASETS)
+        raise ConfigError(f"{err}; or the user's data as folder:PATH, npz:PATH or safetensors:PATH")
     return DATASETS[name]
+
+
+def is_dataset(name) -> bool:
+    """A registered name or a ``folder:``/``npz:``/``safetensors:`` spec (not checked on disk)."""
+    return name in DATASETS or is_file_spec(name)
 
 
 def data_roots(data_root: Optional[str | os.PathLike] = None) -> list[Path]:
@@ -73,22 +83,35 @@ def load_dataset(
     data_root: Optional[str | os.PathLike] = None,
     download: bool = False,
     limit: Optional[int] = None,
+    *,
+    image_size: Optional[int] = None,
+    resize: Optional[int] = None,
+    crop: Optional[int] = None,
+    channels: Optional[int] = None,
 ) -> ImageDataset:
     """Load dataset ``name`` (see ``DATASETS``), ``split`` 'train' or 'test'.
 
     ``download=True`` lets torchvision download into ``data_root`` where the network
     allows it; without it only local files are used.
 
+    ``name`` may also be the user's data: ``folder:PATH`` (with ``image_size``/``resize``/
+    ``crop`` and ``channels``), ``npz:PATH`` or ``safetensors:PATH`` (see :mod:`.files`).
+
     ``limit`` caps the number of samples. Loaders that can avoid reading the rest
     (ImageNet) honour it themselves and say in the provenance how they chose the
     samples; for the others the first ``limit`` samples are kept. Sample ids stay
     those of the full split either way.
     """
-    info = get_dataset_info(name)
     if split not in ("train", "test"):
         raise DataNotFoundError(f"unknown split {split!r}; valid splits: test, train")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+    if is_file_spec(name):
+        ds = load_file_dataset(name, split, image_size=image_size, resize=resize, crop=crop, channels=channels)
+        return ds.first(limit) if limit is not None and len(ds) > limit else ds
+    if any(v is not None for v in (image_size, resize, crop)):
+        raise ConfigError(f"--image-size/--resize/--crop apply to image folders (folder:PATH), not to {name!r}")
+    info = get_dataset_info(name)
     kwargs = dict(split=split, data_root=data_root, download=download)
     if limit is not None and _accepts_limit(info.loader):
         kwargs["limit"] = limit

@@ -39,7 +39,7 @@ from ..runtime import EventHandler, dist_context, resolve_device
 from .execute import execute, open_store, summarize_run
 from .metrics import SAMPLES_NOTE, error_curve
 from .plan import (ALL_SEARCHES, BUDGETS, DataEntry, ModelEntry, batch_key, data_from_tensors, known_searches,
-                   load_data, models_from_checkpoints, plan_audit, weights_sha256)
+                   load_data, model_options, models_from_checkpoints, plan_audit, weights_sha256)
 from .store import ResultStore
 
 __all__ = ["ALL_SEARCHES", "AuditConfig", "AuditResult", "BUDGETS", "ModelResult", "audit", "batch_key",
@@ -61,7 +61,11 @@ class AuditConfig:
     budget: ``paper`` (the searches' defaults, the papers' protocols) or ``quick``
     (cheaper CW and JSMA, see ``BUDGETS``); ``searches`` overrides apply on top.
     n: number of test samples; subset: ``first`` n or a ``random`` n drawn with ``seed``.
-    dataset: overrides the checkpoint card's dataset; data_root: where to look for it.
+    dataset: overrides the checkpoint card's dataset (a registered name, or the user's data as
+    ``folder:PATH``, ``npz:PATH``, ``safetensors:PATH``); data_root: where to look for it.
+    arch, arch_kwargs, num_classes, mean, std, input_size: how to build and wrap checkpoints that
+    have no card (see :func:`robustbench_jr.models.load_checkpoint`); image_size, resize, crop:
+    how an image folder is brought to the model's input (default: the model's own).
     source: ``auto`` (local files; for MNIST with n ≤ 1000 the bundled slice when the full
     test set is not found), ``bundled`` (the bundled MNIST slice) or ``local``.
     searches: per-search config overrides, e.g. ``{cw: {steps: 500}}``; PGD's
@@ -77,6 +81,15 @@ class AuditConfig:
     batch_size: int = param(50, ge=1, doc="samples per batch")
     dataset: Optional[str] = None
     arch: Optional[str] = None  # architecture of bare .pt/.pth/.safetensors state dicts
+    # the model options (for checkpoints without a card) and the image-folder options
+    arch_kwargs: dict = param(default_factory=dict, doc="keyword arguments of a timm/torchvision/factory --arch")
+    num_classes: Optional[int] = param(None, ge=1, doc="classes of bare weights (default: the architecture's)")
+    mean: Optional[list[float]] = param(None, doc="per-channel mean the model subtracts (pixel space)")
+    std: Optional[list[float]] = param(None, doc="per-channel std the model divides by")
+    input_size: Optional[list[int]] = param(None, doc="C,H,W the model takes (default: its card or config)")
+    image_size: Optional[int] = param(None, ge=1, doc="image folders: resize the shorter side and centre crop")
+    resize: Optional[int] = param(None, ge=1, doc="image folders: resize the shorter side to this")
+    crop: Optional[int] = param(None, ge=1, doc="image folders: centre crop of this size")
     data_root: Optional[str] = None
     source: str = param("auto", choices=SOURCES, doc="where the test samples come from")
     device: str = "auto"
@@ -322,11 +335,11 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
     config.validate()
     dist, device = dist_context(config.device)
     # everything that can fail on bad input happens before anything is written
-    models = models_from_checkpoints(checkpoints, config.dataset, device, config.arch)
+    models = models_from_checkpoints(checkpoints, config.dataset, device, config.arch, model_options(config))
     data: dict[str, DataEntry] = {}
     for m in models:
         if m.dataset not in data:
-            data[m.dataset] = load_data(m.dataset, config)
+            data[m.dataset] = load_data(m.dataset, config, m.model)
     plan = plan_audit(config, models, data, device, search_factory)
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"audit-{plan.config_hash[:8]}"
     store = open_store(out, plan) if dist.is_main else None

@@ -34,9 +34,9 @@ from torch import nn
 
 from ..attacks.base import eval_mode
 from ..attacks.fgsm import FGSMConfig, fgsm_direction, smallest_fooling_eps
-from ..data import bundled_mnist, load_dataset
+from ..data import bundled_mnist, is_file_spec, load_dataset
 from ..errors import InputError
-from ..models import load_checkpoint
+from ..models import folder_options, is_pretrained_spec, load_checkpoint, resolve_checkpoint, settle_model
 from ..runtime import generator, resolve_device
 
 __all__ = ["CellsResult", "PLANES", "Panel", "boundary_in_plane", "checkpoint_cross_sections", "cross_sections",
@@ -324,10 +324,12 @@ def _checkpoint_name(spec: str, card: dict) -> str:
     return p.stem if p.suffix in (".safetensors", ".pt", ".pth") else p.name or str(spec)
 
 
-def _load_sample(card: dict, dataset: Optional[str], data_root, index: int):
+def _load_sample(card: dict, dataset: Optional[str], data_root, index: int, folder: Optional[dict] = None):
     name = dataset or card.get("dataset") or "mnist"
     if name in ("bundled", "bundled-mnist") or (name == "mnist" and dataset is None and index < 1000):
         ds = bundled_mnist()
+    elif is_file_spec(name):
+        ds = load_dataset(name, "test", **(folder or {} if name.startswith("folder:") else {}))
     else:
         ds = load_dataset(name, "test", data_root=data_root)
     if not (0 <= index < len(ds)):
@@ -338,21 +340,35 @@ def _load_sample(card: dict, dataset: Optional[str], data_root, index: int):
 
 def checkpoint_cross_sections(checkpoints: Sequence[str], index: int, plane: str = "random",
                               dataset: Optional[str] = None, data_root=None, radius: Optional[float] = None,
-                              resolution: int = 201, seed: int = 0, device="cpu", angles: int = 120) -> CellsResult:
+                              resolution: int = 201, seed: int = 0, device="cpu", angles: int = 120,
+                              options: Optional[dict] = None) -> CellsResult:
     """:func:`cross_sections` of checkpoints (bundled names, directories, files) through test sample ``index``.
 
     The sample comes from ``dataset`` (default: the bundled MNIST slice for MNIST
     checkpoints and ``index`` < 1000, else the first checkpoint card's dataset, test
     split). ``device`` goes through :func:`robustbench_jr.runtime.resolve_device`.
+    ``options``: ``arch``, ``arch_kwargs``, ``num_classes``, ``mean``, ``std``, ``input_size``
+    for checkpoints without a card (as ``jr-eval run``), and ``image_size``, ``resize``,
+    ``crop`` for an image folder (default: the first model's input size).
     """
     _check_options(plane, radius, resolution)
     device = resolve_device(device)
-    loaded = [(spec, *load_checkpoint(spec, device=device)) for spec in checkpoints]
+    opts = dict(options or {})
+    folder = {k: opts.pop(k) for k in ("image_size", "resize", "crop") if opts.get(k) is not None}
+    loaded = []
+    for spec in checkpoints:
+        card_dir = not is_pretrained_spec(spec) and resolve_checkpoint(spec).is_dir()
+        loaded.append((spec, *load_checkpoint(spec, device=device, **({} if card_dir else {"dataset": dataset, **opts}))))
+    first = loaded[0][1]
+    folder = folder_options(first, *(folder.get(k) for k in ("image_size", "resize", "crop")))
+    ds0 = _load_sample(loaded[0][2], dataset, data_root, index, folder)
+    for _, m, _ in loaded:
+        settle_model(m, ds0.input_shape, source="the model")
     shapes = {tuple(m.input_shape) for _, m, _ in loaded}
     if len(shapes) != 1:
         raise InputError(f"the checkpoints take different input shapes ({', '.join(map(str, shapes))}); "
                          f"cross sections need one shared input space")
-    ds = _load_sample(loaded[0][2], dataset, data_root, index)
+    ds = ds0
     x = ds.pixels([index], device=device)
     if tuple(x.shape[1:]) != next(iter(shapes)):
         raise InputError(f"dataset {ds.name} has inputs of shape {tuple(x.shape[1:])} but the checkpoints take "

@@ -23,9 +23,11 @@ from torch import nn
 
 from ..attacks import SEARCHES, build_search
 from ..config import to_dict
-from ..data import ImageDataset, bundled_mnist, get_dataset_info, load_dataset
+from ..data import ImageDataset, bundled_mnist, get_dataset_info, is_file_spec, load_dataset
+from ..data.files import saturation
 from ..errors import CheckpointError, ConfigError, DataNotFoundError, InputError
-from ..models import bundled_names, load_checkpoint, resolve_checkpoint
+from ..models import (PixelSpaceModel, bundled_names, folder_options, is_pretrained_spec, load_checkpoint,
+                      resolve_checkpoint, settle_model)
 from ..models.checkpoint import WEIGHTS_FILE, sha256_file
 from ..runtime import derive_seed
 
@@ -36,6 +38,9 @@ BUNDLED_MNIST_SIZE = 1000
 #: config fields left out of a run's identity: ``device`` only places the work, and
 #: ``budget``/``searches`` count through the resolved per-search configs instead
 NOT_IN_IDENTITY = ("device", "budget", "searches")
+#: config fields in a run's identity only when set (the model and image-folder options), so
+#: that adding them left the identity of every run that does not use them as it was
+OPTIONAL_IN_IDENTITY = ("arch_kwargs", "num_classes", "mean", "std", "input_size", "image_size", "resize", "crop")
 #: search budgets: ``paper`` = the attacks package defaults (the papers' protocols);
 #: ``quick`` = cheaper CW and JSMA so that the bundled demo audit (2 LeNets × 100
 #: samples × 6 searches) fits in a few minutes on 2 CPU cores. ``searches`` overrides win.
@@ -108,8 +113,11 @@ class AuditPlan:
 # models
 # ---------------------------------------------------------------------------
 
-def model_name(spec: str, path: Path) -> str:
-    """Readable name: the bundled name, else the checkpoint directory's (or file's) name."""
+def model_name(spec: str, path: Optional[Path]) -> str:
+    """Readable name: the bundled name, else the checkpoint directory's (or file's) name;
+    ``timm-resnet18`` for the library's pretrained ``timm:resnet18``."""
+    if path is None:
+        return spec.replace(":", "-")
     if not Path(spec).exists() and spec in bundled_names():
         return spec
     p = path.resolve()
@@ -139,9 +147,28 @@ def weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+#: model options of :func:`models_from_checkpoints` (AuditConfig fields → load_checkpoint arguments)
+MODEL_OPTIONS = {"arch_kwargs": "arch_kwargs", "num_classes": "num_classes", "mean": "mean", "std": "std",
+                 "input_size": "input_size"}
+
+
+def model_options(config: Any) -> dict:
+    """The model options set in an audit config (``arch_kwargs``, ``num_classes``, ``mean``,
+    ``std``, ``input_size``), as :func:`~robustbench_jr.models.load_checkpoint` arguments."""
+    out = {}
+    for field_name, arg in MODEL_OPTIONS.items():
+        v = getattr(config, field_name, None)
+        if v not in (None, {}, []):
+            out[arg] = v
+    return out
+
+
 def models_from_checkpoints(checkpoints: Sequence[str], dataset: Optional[str], device: torch.device,
-                            arch: Optional[str] = None) -> list[ModelEntry]:
-    """Load checkpoint specs (paths or bundled names; none = the bundled checkpoints)."""
+                            arch: Optional[str] = None, options: Optional[dict] = None) -> list[ModelEntry]:
+    """Load checkpoint specs (paths, bundled names, ``timm:NAME``/``torchvision:NAME``; none =
+    the bundled checkpoints). ``arch`` and the model ``options`` (:func:`model_options`) apply
+    to checkpoints without a card (bare weights, exported programs, library pretrained
+    weights); a checkpoint directory's card says the rest."""
     specs = [str(c) for c in checkpoints]
     if not specs:
         specs = bundled_names()
@@ -150,21 +177,26 @@ def models_from_checkpoints(checkpoints: Sequence[str], dataset: Optional[str], 
                                   "pass CHECKPOINT paths (directories with model.safetensors + card.yaml)")
     loaded = []
     for spec in specs:
-        path = resolve_checkpoint(spec)
+        path = None if is_pretrained_spec(spec) else resolve_checkpoint(spec)
+        bare = path is None or not path.is_dir()
         try:
-            model, card = load_checkpoint(spec, arch=arch if not Path(spec).is_dir() else None,
-                                          dataset=dataset, device=device)
+            model, card = load_checkpoint(spec, arch=arch if bare else None, dataset=dataset, device=device,
+                                          **(options or {} if bare else {}))
         except (CheckpointError, ConfigError, InputError):
             raise
         except Exception as exc:  # a file that parses but is not a checkpoint
             raise CheckpointError(f"{spec}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
-        weights = path / WEIGHTS_FILE if path.is_dir() else path
+        if not card.get("dataset"):
+            raise ConfigError(f"{spec}: no dataset to audit it on; pass --dataset (a registered name, or the "
+                              f"data as folder:PATH, npz:PATH or safetensors:PATH)")
+        weights = Path(card["weights_file"]) if card.get("weights_file") else (
+            path / WEIGHTS_FILE if path.is_dir() else path)
         sha = sha256_file(weights) if weights.is_file() else ""
         loaded.append((spec, path, model, card, sha))
     names = unique_names([model_name(s, p) for s, p, *_ in loaded])
     out = []
     for name, (spec, path, model, card, sha) in zip(names, loaded):
-        ckpt = spec if (not Path(spec).exists() and spec in bundled_names()) else str(path.resolve())
+        ckpt = spec if path is None or (not Path(spec).exists() and spec in bundled_names()) else str(path.resolve())
         out.append(ModelEntry(name, model, str(card["dataset"]), ckpt, sha, dict(card)))
     return out
 
@@ -220,11 +252,30 @@ def data_from_tensors(x: torch.Tensor, y: torch.Tensor, sample_ids=None, name: s
     return data_entry(name, ds, pgd_saturation=pgd_saturation)
 
 
-def load_data(name: str, config: Any) -> DataEntry:
-    """The evaluated test samples of registry dataset ``name`` (``config.n`` of them)."""
-    info = get_dataset_info(name)  # unknown name -> ConfigError listing the valid ones
+def data_options(config: Any, model: Optional[nn.Module] = None) -> dict:
+    """How an image folder is brought to the model's input: ``image_size``/``resize``/``crop``
+    from the config, else the model's (:func:`~robustbench_jr.models.folder_options`)."""
+    return folder_options(model, *(getattr(config, k, None) for k in ("image_size", "resize", "crop")))
+
+
+def load_data(name: str, config: Any, model: Optional[nn.Module] = None) -> DataEntry:
+    """The evaluated test samples of dataset ``name`` (``config.n`` of them): a registered
+    dataset, or the user's ``folder:``/``npz:``/``safetensors:PATH`` (an image folder brought
+    to ``model``'s input, see :func:`data_options`)."""
+    if is_file_spec(name):
+        if config.source == "bundled":
+            raise ConfigError(f"source 'bundled' is only available for mnist (dataset is {name!r}); "
+                              f"use --source auto or local")
+        ds = load_dataset(name, "test", **(data_options(config, model) if name.startswith("folder:") else {}))
+        info = None
+    else:
+        if any(getattr(config, k, None) is not None for k in ("image_size", "resize", "crop")):
+            raise ConfigError(f"--image-size/--resize/--crop apply to image folders (folder:PATH), not to {name!r}")
+        info = get_dataset_info(name)  # unknown name -> ConfigError listing the valid ones
     note = ""
-    if config.source == "bundled":
+    if info is None:
+        pass
+    elif config.source == "bundled":
         if name != "mnist":
             raise ConfigError(f"source 'bundled' is only available for mnist (dataset is {name!r}); "
                               f"use --source auto or local")
@@ -248,7 +299,7 @@ def load_data(name: str, config: Any) -> DataEntry:
         idx = torch.randperm(len(ds), generator=g)[: config.n].sort().values
         sub = ds.subset(idx, note=f"random {config.n} (seed {config.seed})")
     prov = sub.provenance + (f" ({note})" if note else "")
-    return data_entry(name, sub, prov, info.pgd_saturation)
+    return data_entry(name, sub, prov, info.pgd_saturation if info is not None else saturation(sub.input_shape[0]))
 
 
 # ---------------------------------------------------------------------------
@@ -262,17 +313,30 @@ def batches(n: int, size: int):
 
 
 def check_compatible(m: ModelEntry, data: DataEntry, device: torch.device) -> None:
-    """The model runs on the data's shape and has a class for every label."""
+    """The model runs on the data's shape and has a class for every label. A model that did
+    not declare its input shape (a user's factory, a TorchScript archive) takes the data's."""
     shape = tuple(data.dataset.input_shape)
-    want = tuple(getattr(m.model, "input_shape", shape))
+    if isinstance(m.model, PixelSpaceModel) and (m.model.input_shape is None or not m.model.num_classes):
+        settle_model(m.model, shape, source=f"model {m.name}")
+        m.card["input_shape"], m.card["num_classes"] = list(m.model.input_shape), m.model.num_classes
+    want = tuple(getattr(m.model, "input_shape", None) or shape)
     if shape != want:
-        raise InputError(f"model {m.name} expects inputs of shape {list(want)} but the {data.name} images "
-                         f"have shape {list(shape)}; pass the model's dataset with --dataset")
+        hint = ("pass --image-size (or --resize/--crop) to bring the images to it" if data.name.startswith("folder:")
+                else "pass the model's dataset with --dataset")
+        raise InputError(f"model {m.name} takes inputs of shape {list(want)} but the {data.name} images have shape "
+                         f"{list(shape)}; {hint}, or --input-size {','.join(map(str, shape))} if the model "
+                         f"takes that size too")
     labels = data.dataset.labels
     nc = int(getattr(m.model, "num_classes", 0) or 0)
     if nc and len(labels) and int(labels.max()) >= nc:
         raise InputError(f"model {m.name} has {nc} classes but {data.name} has label {int(labels.max())}; "
-                         f"pass the model's dataset with --dataset")
+                         f"pass the model's dataset with --dataset (or --num-classes for bare weights)")
+    if nc and data.name.startswith("folder:"):
+        classes = get_dataset_info(data.name).num_classes
+        if classes != nc:
+            raise InputError(f"model {m.name} has {nc} classes but the image folder {data.name[7:]} has "
+                             f"{classes}; its class folders must be the model's classes (name them by class "
+                             f"index, 0 … {nc - 1}, to use some of them)")
     try:
         with torch.no_grad():
             out = m.model(data.dataset.pixels(slice(0, 1), device=device))
@@ -345,7 +409,8 @@ def resolved_config(config: Any, models: list[ModelEntry], checkpoints_out: Opti
 
 def identity(config: Any, models: list[ModelEntry], data: dict[str, DataEntry]) -> dict:
     """What decides the run's rows: audit config (less NOT_IN_IDENTITY), weights, data, searches."""
-    audit = {k: v for k, v in to_dict(config).items() if k not in NOT_IN_IDENTITY}
+    audit = {k: v for k, v in to_dict(config).items()
+             if k not in NOT_IN_IDENTITY and not (k in OPTIONAL_IN_IDENTITY and v in (None, {}, []))}
     return {
         "audit": audit,
         "models": [{"name": m.name, "weights_sha256": m.weights_sha256, "dataset": m.dataset,

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import build_config, check_constraints, param
-from ..data import DATASETS
+from ..data import DATASETS, is_dataset
 from ..jacobian import REGULARIZERS, build_regularizer
-from ..models import ARCHITECTURES
+from ..models import ARCHITECTURES, is_arch_spec
 from ..errors import ConfigError, unknown_name
 
 
@@ -21,9 +21,23 @@ class TrainConfig:
     Ranges, choices and help texts are declared on the fields (:func:`~robustbench_jr.config.param`);
     `jr-train`'s options are generated from them."""
 
-    model: str = param("lenet", doc="Architecture")
-    dataset: str = param("mnist", doc="Dataset")
+    model: str = param("lenet", doc="Architecture: a registry name, timm:NAME, torchvision:NAME, "
+                                    "pkg.module:factory or path/to/models.py:factory")
+    dataset: str = param("mnist", doc="Dataset: a registered name, or your data as folder:PATH, npz:PATH or "
+                                      "safetensors:PATH")
     data_root: Optional[str] = param(None, doc="Directory holding the data")
+    # the user's architectures and data
+    arch_kwargs: dict = param(default_factory=dict, doc="Keyword arguments of a timm/torchvision/factory "
+                                                        "architecture, e.g. '{width: 16}' or width=16")
+    mean: Optional[list[float]] = param(None, doc="Per-channel mean the model subtracts, in [0,1] pixel units "
+                                                  "(default: the checkpoint's, the dataset's or the pretrained config's)")
+    std: Optional[list[float]] = param(None, doc="Per-channel std the model divides by (with --mean)")
+    input_size: Optional[list[int]] = param(None, doc="Input shape C,H,W the model takes (default: its card or "
+                                                      "config, else the data's)")
+    image_size: Optional[int] = param(None, ge=1, doc="Image folders: resize the shorter side and centre crop "
+                                                      "to this (default: the model's input size)")
+    resize: Optional[int] = param(None, ge=1, doc="Image folders: resize the shorter side to this")
+    crop: Optional[int] = param(None, ge=1, doc="Image folders: centre crop of this size after --resize")
     download: bool = param(False, doc="Let torchvision download missing data")
     # optimisation
     optimizer: str = param("sgd", choices=("sgd", "adam"), doc="Optimizer")
@@ -62,10 +76,14 @@ class TrainConfig:
         """Checks across fields and against the registries; each field's own range is
         declared on it and checked by :func:`~robustbench_jr.config.check_constraints`."""
         # open registries (names are registered at import), with the shared unknown-name wording
-        if self.model not in ARCHITECTURES:
-            raise unknown_name("model", self.model, ARCHITECTURES)
-        if self.dataset not in DATASETS:
-            raise unknown_name("dataset", self.dataset, DATASETS)
+        if not is_arch_spec(self.model):
+            err = unknown_name("model", self.model, ARCHITECTURES)
+            raise ConfigError(f"{err}; or timm:NAME, torchvision:NAME, pkg.module:factory, path/to/models.py:factory")
+        if not is_dataset(self.dataset):
+            err = unknown_name("dataset", self.dataset, DATASETS)
+            raise ConfigError(f"{err}; or your data as folder:PATH, npz:PATH or safetensors:PATH")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("give both mean and std (one value, or one per channel)")
         if self.regularizer not in REGULARIZERS:
             raise unknown_name("regularizer", self.regularizer, REGULARIZERS)
         if self.steps is None and self.epochs is None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from torch import nn
 
 from ..errors import ConfigError
-from ..models import PixelSpaceModel, load_checkpoint
+from ..models import PixelSpaceModel, is_pretrained_spec, load_checkpoint
 from ..runtime import EventHandler
 from .config import TrainConfig, build_train_config
 from .loop import train
@@ -30,8 +31,14 @@ def finetune(checkpoint: Any, out_dir: str | os.PathLike, config: Optional[Mappi
              on_event: Optional[EventHandler] = None) -> dict:
     """Post-process ``checkpoint`` with a Jacobian penalty and write the result to ``out_dir``.
 
-    ``checkpoint``: a bundled name, a checkpoint directory, a state dict file (with ``arch``),
-    or an in-memory :class:`PixelSpaceModel` (then ``config`` must name ``model`` and ``dataset``).
+    ``checkpoint``: a bundled name, a checkpoint directory, a weights file (``.safetensors`` or a
+    state dict) with ``arch`` (a registry name, ``timm:NAME``, ``torchvision:NAME``,
+    ``pkg.module:factory`` or ``path/to/models.py:factory``; ``num_classes``, and ``arch_kwargs``,
+    ``mean``, ``std``, ``input_size`` in ``config``), ``timm:NAME``/``torchvision:NAME`` (the
+    library's pretrained weights), or an in-memory :class:`PixelSpaceModel` (then ``config``
+    must name ``model`` and ``dataset``). The data may be the user's (``folder:PATH``,
+    ``npz:PATH``, ``safetensors:PATH``). The new card records the parent and how to load the
+    result (``jr-eval run OUT`` / ``load_model(OUT)``).
     ``config``: TrainConfig keys (a mapping, or mappings in increasing priority) over the
     post-processing defaults (Adam lr 1e-4, batch 500, 2000 steps, exact penalty of
     Jakubovitz–Giryes eq. (4), λ = 0.1). Returns the new card, which names the parent.
@@ -47,10 +54,27 @@ def finetune(checkpoint: Any, out_dir: str | os.PathLike, config: Optional[Mappi
                               "and 'dataset'")
         model, parent_card, spec = checkpoint, {"architecture": given["model"], "dataset": given["dataset"]}, "<in-memory>"
     else:
-        dataset = next((layer["dataset"] for layer in reversed(layers) if layer.get("dataset")), None)
-        model, parent_card = load_checkpoint(checkpoint, arch=arch, dataset=dataset, num_classes=num_classes)
+        def last(key):
+            return next((layer[key] for layer in reversed(layers) if layer.get(key) is not None), None)
+
+        dataset = last("dataset")
+        model, parent_card = load_checkpoint(checkpoint, arch=arch, dataset=dataset, num_classes=num_classes,
+                                             arch_kwargs=last("arch_kwargs"), mean=last("mean"), std=last("std"),
+                                             input_size=last("input_size"))
+        if parent_card.get("format") in ("torchscript", "export"):
+            raise ConfigError(f"{checkpoint}: a {parent_card['format']} archive is an inference graph without an "
+                              f"architecture to rebuild, so it cannot be fine-tuned and saved as weights; fine-tune "
+                              f"the model it was exported from (its weights with --arch)")
+        if not parent_card.get("dataset"):
+            raise ConfigError(f"{checkpoint}: no dataset to fine-tune on; pass --dataset (a registered name, or "
+                              f"your data as folder:PATH, npz:PATH or safetensors:PATH)")
         spec = str(checkpoint)
     base = {"model": parent_card["architecture"], "dataset": parent_card["dataset"]}
     cfg = build_train_config([base, *layers], where="training config", finetune=True)
-    parent = {"checkpoint": spec, "architecture": parent_card["architecture"], "metrics": parent_card.get("metrics")}
+    parent = {"checkpoint": spec if spec == "<in-memory>" or is_pretrained_spec(spec) else str(Path(spec).resolve()),
+              "architecture": parent_card["architecture"], "metrics": parent_card.get("metrics"),
+              "source": parent_card.get("source"), "normalization": parent_card.get("normalization"),
+              "mean": parent_card.get("mean"), "std": parent_card.get("std")}
+    if parent_card.get("arch_kwargs"):
+        parent["arch_kwargs"] = parent_card["arch_kwargs"]
     return train(cfg, out_dir, resume=resume, init_model=model, parent=parent, on_event=on_event)

@@ -24,10 +24,10 @@ import yaml
 
 from .._version import __version__
 from ..config import to_dict
-from ..data import bundled_mnist, few_shot, get_dataset_info, load_dataset
-from ..errors import ConfigError, DataNotFoundError, JRError
+from ..data import absolute_data_spec, bundled_mnist, few_shot, get_dataset_info, load_dataset
+from ..errors import ConfigError, DataNotFoundError, InputError, JRError
 from ..jacobian import mean_jacobian_norms
-from ..models import PixelSpaceModel, make_model, save_checkpoint
+from ..models import PixelSpaceModel, folder_options, make_model, save_checkpoint, settle_model
 from ..runtime import SINGLE, Dist, EventHandler, derive_seed, dist_context, emit, generator
 from .config import TrainConfig, build_train_config
 
@@ -97,8 +97,15 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _load_train_data(cfg: TrainConfig):
-    train = load_dataset(cfg.dataset, "train", cfg.data_root, cfg.download)
+def _folder(cfg: TrainConfig, model=None) -> dict:
+    """An image folder's resize/crop/channels (from the config, else the model's input)."""
+    if not cfg.dataset.startswith("folder:"):
+        return {}
+    return folder_options(model, cfg.image_size, cfg.resize, cfg.crop)
+
+
+def _load_train_data(cfg: TrainConfig, model=None):
+    train = load_dataset(cfg.dataset, "train", cfg.data_root, cfg.download, **_folder(cfg, model))
     if cfg.train_limit:
         train = train.first(cfg.train_limit)
     if cfg.few_shot:
@@ -106,13 +113,29 @@ def _load_train_data(cfg: TrainConfig):
     return train
 
 
-def _load_heldout(cfg: TrainConfig):
+def _load_heldout(cfg: TrainConfig, model=None):
     try:
-        return load_dataset(cfg.dataset, "test", cfg.data_root, cfg.download)
+        return load_dataset(cfg.dataset, "test", cfg.data_root, cfg.download, **_folder(cfg, model))
     except DataNotFoundError:
         if cfg.dataset == "mnist":
             return bundled_mnist()
         raise
+
+
+def _check_model_data(model: PixelSpaceModel, *datasets) -> None:
+    """The model takes the data's input shape and has a class for every label (one clear
+    :class:`InputError` otherwise); a model that did not declare its shape takes the data's."""
+    for ds in datasets:
+        settle_model(model, ds.input_shape, source=f"model {getattr(model, 'card', {}).get('architecture') or ''}".strip())
+        if tuple(model.input_shape) != tuple(ds.input_shape):
+            hint = ("pass --image-size (or --resize/--crop)" if ds.name.startswith("folder:")
+                    else "pass the model's dataset with --dataset")
+            raise InputError(f"the model takes inputs of shape {list(model.input_shape)} but the {ds.name} "
+                             f"{ds.split} images have shape {list(ds.input_shape)}; {hint}, or "
+                             f"--input-size {','.join(map(str, ds.input_shape))} if the model takes that size too")
+        if len(ds) and int(ds.labels.max()) >= model.num_classes:
+            raise InputError(f"the model has {model.num_classes} classes but the {ds.name} {ds.split} split has "
+                             f"label {int(ds.labels.max())}; its classes must be the model's")
 
 
 def step_loss(model, reg, x: torch.Tensor, y: torch.Tensor, generator=None):
@@ -223,17 +246,20 @@ def train(
         (out / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     info = get_dataset_info(cfg.dataset)
-    train_set = _load_train_data(cfg)
-    heldout = _load_heldout(cfg)
+    train_set = _load_train_data(cfg, init_model)
+    heldout = _load_heldout(cfg, init_model)
     n_train = len(train_set)
     steps = total_steps(cfg, n_train)
     bs = n_train if cfg.batch_size == 0 else min(cfg.batch_size, n_train)
 
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     if init_model is None:
-        model = make_model(cfg.model, info.num_classes, info.normalization, train_set.input_shape, cfg.dropout)
+        model = make_model(cfg.model, info.num_classes, info.normalization, cfg.input_size or train_set.input_shape,
+                           cfg.dropout, arch_kwargs=cfg.arch_kwargs or None, mean=cfg.mean, std=cfg.std)
     else:
         model = init_model
+    _check_model_data(model, train_set, heldout)
+    if init_model is not None:
         if cfg.dropout is not None:
             for m in model.modules():
                 if isinstance(m, torch.nn.Dropout):
@@ -353,7 +379,7 @@ def train(
         torch.distributed.all_gather_object(devices, str(device))
     card = {
         "architecture": cfg.model,
-        "dataset": cfg.dataset,
+        "dataset": absolute_data_spec(cfg.dataset),
         "normalization": model.normalization,
         "training": {**to_dict(cfg), "steps_done": steps, "device": str(device),
                      "world_size": dist.world_size, "devices": devices,
