@@ -82,7 +82,7 @@ def test_audit_reports_through_events_and_prints_nothing(capsys):
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
     kinds = [(e.kind, e.name) for e in events]
-    assert ("task", "audit") in kinds and ("task", "batches") in kinds and ("done", "audit") in kinds
+    assert ("task", "audit") in kinds and ("task", "samples") in kinds and ("done", "audit") in kinds
     assert sum(e.amount for e in events if e.kind == "advance" and e.name == "audit") == 1
 
 

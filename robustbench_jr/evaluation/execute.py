@@ -353,7 +353,8 @@ def _write_meta(plan: AuditPlan, store: ResultStore, on_event: Optional[EventHan
 
 
 def _run_jobs(run: _Run, jobs: list, adversarials_dir: Optional[Path]) -> None:
-    """One process: every job in order, with a task per model × search and one per batch list."""
+    """One process: every job in order; a task ``audit`` (one unit per model × search) and a
+    task ``samples`` per search, advanced by each batch's samples."""
     cfg = run.plan.config
     emit(run.on_event, "task", name="audit", total=len(run.plan.models) * len(cfg.attacks), description="audit")
     current = None
@@ -363,18 +364,18 @@ def _run_jobs(run: _Run, jobs: list, adversarials_dir: Optional[Path]) -> None:
             if current is not None:
                 _search_done(run, *current, t_search)
             current, t_search = (m.name, sname), time.perf_counter()
-            nb = -(-len(run.plan.data_of(m).dataset) // cfg.batch_size)
             emit(run.on_event, "advance", name="audit", amount=0, description=f"{m.name}: {sname}")
-            emit(run.on_event, "task", name="batches", total=nb, description="  batches")
+            emit(run.on_event, "task", name="samples", total=len(run.plan.data_of(m).dataset),
+                 description="  samples")
         _run_batch(run, m, sname, bi, sl, adversarials_dir)
-        emit(run.on_event, "advance", name="batches", amount=1)
+        emit(run.on_event, "advance", name="samples", amount=sl.stop - sl.start)
     if current is not None:
         _search_done(run, *current, t_search)
     emit(run.on_event, "done", name="audit", description="done")
 
 
 def _search_done(run: _Run, model: str, sname: str, t_search: float) -> None:
-    emit(run.on_event, "done", name="batches")
+    emit(run.on_event, "done", name="samples")
     emit(run.on_event, "advance", name="audit", amount=1)
     spent = run.timings.setdefault(model, {})
     spent[sname] = round(spent.get(sname, 0.0) + time.perf_counter() - t_search, 3)
