@@ -228,3 +228,94 @@ def test_few_shot_and_full_batch(tmp_path, data_root):
                                          device="cpu", eval_every=0, eval_samples=20))
     card = train(cfg, tmp_path / "fs")
     assert card["data_provenance"]["n_train"] == 30
+
+
+# --- step_loss: one forward, backward into the parameters only (issue 19) ----------------------
+
+def _lenet64():
+    from robustbench_jr.models import make_model
+
+    torch.manual_seed(0)
+    return make_model("lenet", 10, "mnist").double().train()
+
+
+def _leaves(loss):
+    """The tensors that loss.backward() would accumulate a gradient into."""
+    seen, stack, leaves = set(), [loss.grad_fn], []
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):
+            leaves.append(fn.variable)
+        stack.extend(f for f, _ in fn.next_functions)
+    return leaves
+
+
+def _reg_names():
+    from robustbench_jr.jacobian import REGULARIZERS
+
+    return sorted(REGULARIZERS)
+
+
+@pytest.mark.parametrize("name", _reg_names())
+def test_step_loss_back_propagates_into_the_parameters_only_with_the_same_gradients(name):
+    """For every regularizer: the step's graph leads to the parameters and nowhere else (no
+    ∂loss/∂x), and loss and parameter gradients equal those of the step as it was before issue 19
+    (x a leaf with requires_grad, one forward, reg(model, x, y, logits), loss.backward()) with the
+    same dropout masks and draws — for jr with Algorithm 1, which that step ran."""
+    from robustbench_jr.jacobian import build_regularizer
+    from robustbench_jr.training import step_loss
+    import torch.nn.functional as F
+
+    opts = {"estimator": "vjp"} if name == "jr" else {}
+    reg = build_regularizer(name, 0.1, **opts)
+    model = _lenet64()
+    params = list(model.parameters())
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(5, 1, 28, 28, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 10, (5,), generator=g)
+    torch.manual_seed(7)
+    loss, ce, r, logits = step_loss(model, reg, x, y, torch.Generator().manual_seed(3))
+    assert {id(t) for t in _leaves(loss)} <= {id(p) for p in params}
+    model.zero_grad()
+    loss.backward()
+    got = [p.grad for p in params]
+
+    torch.manual_seed(7)
+    xl = x.clone().requires_grad_(reg.needs_input_grad)
+    z = model(xl)
+    ref_loss = F.cross_entropy(z, y) + reg(model, xl, y, z, generator=torch.Generator().manual_seed(3)).loss
+    model.zero_grad()
+    ref_loss.backward()
+    assert float(loss.detach()) == float(ref_loss.detach()) and float(ce.detach()) == float(F.cross_entropy(z, y).detach())
+    assert torch.equal(logits.detach(), z.detach()) and r.input_grad == reg.needs_input_grad
+    for a, p in zip(got, params):
+        assert (a is None) == (p.grad is None)
+        if a is not None:
+            assert torch.allclose(a, p.grad, rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("name, opts, forwards", [
+    ("none", {}, 1), ("jr", {}, 1), ("jr", {"estimator": "vjp", "n_proj": 3}, 1),
+    ("jr", {"estimator": "jvp"}, 1), ("jr", {"estimator": "jvp", "n_proj": 3}, 3),
+    ("jr", {"estimator": "fd"}, 2), ("jr-exact", {}, 1), ("datagrad", {}, 1), ("cross-lipschitz", {}, 1),
+])
+def test_step_loss_runs_one_forward_pass(name, opts, forwards):
+    """No extra forward: one pass per step (jvp: one per projection; fd: plus its shifted pass).
+    The default jr on CPU runs the forward-mode estimator, with no input that requires grad."""
+    from robustbench_jr.jacobian import build_regularizer
+    from robustbench_jr.training import step_loss
+
+    model = _lenet64()
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].requires_grad))
+    x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    y = torch.randint(0, 10, (4,))
+    reg = build_regularizer(name, 0.1, **opts)
+    loss, *_ = step_loss(model, reg, x, y, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert len(calls) == forwards
+    if name == "jr" and opts.get("estimator", "auto") != "vjp":
+        assert not any(calls)

@@ -9,6 +9,12 @@ A regularizer is built by name with λ and its own options::
 
 ``out.loss`` is the λ-weighted term (with its graph, to back-propagate);
 ``out.value`` is the unweighted quantity, detached, for logging.
+
+A training step calls ``logits, out = reg.penalized_forward(model, x, y, generator=g)``
+instead: the regularizer runs the forward pass itself, the cheapest way it knows (``jr``'s
+forward-mode estimator needs no input gradient at all), and says in ``out.input_grad``
+whether the graph reaches an input leaf, so that the step back-propagates into the
+parameters only (:func:`robustbench_jr.training.step_loss`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from .core import JACOBIAN_METHODS
 class RegOutput:
     loss: torch.Tensor
     value: torch.Tensor
+    #: the graph of ``loss`` goes through an input leaf with requires_grad (the penalty
+    #: differentiates an input gradient); nothing needs that leaf's own gradient
+    input_grad: bool = False
 
 
 REGULARIZERS: dict[str, type["Regularizer"]] = {}
@@ -117,6 +126,23 @@ class Regularizer:
                                  f"= {x.shape[0]}, got {tuple(logits.shape)}")
         value = self.compute(model, x, y, logits, generator)
         return RegOutput(loss=self.weight(value), value=value.detach())
+
+    def penalized_forward(self, model, x: torch.Tensor, y: torch.Tensor,
+                          generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, RegOutput]:
+        """The logits ``model(x)`` and the penalty, from one forward pass: what a training step needs.
+
+        ``x`` is taken detached. Here (the default) a regularizer that needs the input gradient
+        gets a leaf copy of ``x`` with requires_grad, one forward pass and :meth:`__call__`, and the
+        output is marked ``input_grad=True``; others get a plain forward. Subclasses with a cheaper
+        route override it.
+        """
+        x = x.detach()
+        if self.needs_input_grad:
+            x = x.requires_grad_(True)
+        logits = model(x)
+        out = self(model, x, y, logits, generator)
+        out.input_grad = self.needs_input_grad
+        return logits, out
 
     def describe(self) -> dict:
         return {"name": self.name, "lambda": self.lam, **self.opts}

@@ -18,6 +18,35 @@ Exact Jacobians come in two implementations that give the same numbers:
   1 thread: 0.8–1.1× the loop without a graph, 0.55–0.95× with ``create_graph``);
   on GPU it replaces C kernel-launch-bound passes by one. If the batched pass is not
   supported for some operator, ``auto`` falls back to the loop.
+
+Random-projection estimators of ‖J(x_α)‖²_F for a training step (the ``jr`` regularizer's
+``estimator`` option); each has its parameter gradient from ordinary autograd:
+
+* ``vjp`` — Hoffman et al. Algorithm 1 verbatim: v̂ uniform on S^{C−1},
+  C‖v̂ᵀJ‖² with v̂ᵀJ from one backward pass with ``create_graph`` (reverse over reverse).
+  Unbiased; per-sample variance (2C Σs⁴ − 2(Σs²)²)/(C+2) (eq. 15, s = singular values of J).
+* ``jvp`` — forward mode: a Rademacher probe u ∈ {±1}^D in input space, ‖J u‖² with J u
+  from the same forward pass that gives the logits (:func:`jvp_forward`; reverse over
+  forward). Unbiased (E uuᵀ = I); per-sample variance 2(‖JᵀJ‖²_F − Σ_i (JᵀJ)²_ii) ≤ 2Σs⁴.
+  No input gradient is formed, so the step's backward reaches only the parameters.
+* ``fd`` — finite difference: ‖f(x + h·u) − f(x)‖²/h², same u, one more forward (with the
+  same dropout masks, and batch-norm statistics put back) and an ordinary backward. Biased:
+  for f three times differentiable along the probes, with M_k = max over probes and |t| ≤ h
+  of ‖d^k/dt^k f(x + t·u)‖,
+  |E fd − ‖J‖²_F| ≤ h²(M₂²/4 + ‖J‖_F·M₃/3) + h³M₂M₃/6 + h⁴M₃²/36 —
+  the O(h) term (J u)·∂²_u f is odd in u and cancels (u and −u are equally likely); float
+  round-off adds about 2ε‖f‖/h to ‖f(x+hu) − f(x)‖/h. Where f is *not* differentiable —
+  max-pool ties (LeNet' over MNIST's constant background), ReLU kinks — the quotient tends
+  to a one-sided directional derivative, not to autograd's Jacobian, and the bias does not
+  vanish as h → 0: measured +26 % (``lenet-mnist``) and +6 % (``lenet-mnist-jr``) against
+  the exact pixel-space ‖J‖²_F on 100 MNIST test images, at every h from 1e-1 to 1e-4. Its
+  parameter gradient suffers more: a sample whose shift moves a max-pool argmax contributes
+  an O(1/h) error, so on LeNet' (random inputs, float64) the first layer's gradient was off
+  by 9× its norm at h = 1e-3 and by 2.5e-4 at h = 1e-4, while Algorithm 1 and ``jvp`` match
+  autograd exactly. Offered for smooth networks; never chosen by ``auto``.
+* ``auto`` — in a training step, the estimator measured fastest for the device type and
+  n_proj (:data:`AUTO_ESTIMATOR`); given precomputed logits, ``vjp`` (the others need their
+  own forward).
 """
 
 from __future__ import annotations
@@ -25,6 +54,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from ..errors import ConfigError
 
@@ -32,6 +64,17 @@ from ..errors import ConfigError
 JACOBIAN_METHODS = ("auto", "batched", "loop")
 #: batched pass: at most this many input-sized elements (classes × batch × numel(x_α)) per chunk
 _BATCHED_BUDGET = 1 << 24
+#: estimators of ‖J‖²_F for the ``jr`` regularizer (see the module docstring)
+JR_ESTIMATORS = ("auto", "vjp", "jvp", "fd")
+#: the estimator ``estimator='auto'`` runs in a training step, by (device type, n_proj): the
+#: fastest unbiased one measured there (benchmarks/README.md; LeNet', batch 100, CPU, 1 thread:
+#: n_proj = 1 jvp 1.8×, vjp 2.4× a plain step; n_proj = 3 vjp 4.6×, jvp 5.8× — each further
+#: forward-mode probe is a whole forward pass, each further Algorithm 1 probe one backward).
+#: Anything not listed — CUDA among them, not measured yet — runs Algorithm 1 (``vjp``), the
+#: estimator Hoffman et al. timed on a GPU.
+AUTO_ESTIMATOR = {("cpu", 1): "jvp"}
+#: default step h of the ``fd`` estimator (per input coordinate, in the penalised space)
+FD_STEP = 1e-3
 
 
 def _randn(shape, generator: Optional[torch.Generator], like: torch.Tensor) -> torch.Tensor:
@@ -122,6 +165,162 @@ def jr_projection_estimate(
     return jr_projection_per_sample(x, logits, n_proj, generator, input_scale, create_graph).mean()
 
 
+def rademacher(shape, generator: Optional[torch.Generator], like: torch.Tensor) -> torch.Tensor:
+    """Independent ±1 entries, each sign with probability ½, drawn from ``generator`` (on its
+    own device, as :func:`_randn`) and returned in ``like``'s dtype and device."""
+    device = generator.device if generator is not None else like.device
+    bits = torch.randint(0, 2, shape, generator=generator, device=device, dtype=like.dtype)
+    return bits.mul_(2).sub_(1).to(like.device)
+
+
+def resolve_estimator(estimator: str, device, n_proj: int = 1) -> str:
+    """The estimator a training step on ``device`` with ``n_proj`` projections runs: ``auto`` →
+    :data:`AUTO_ESTIMATOR` for (device type, n_proj), ``vjp`` where none is listed; checks the name."""
+    if estimator not in JR_ESTIMATORS:
+        raise ConfigError(f"unknown Jacobian estimator {estimator!r}; valid: {', '.join(JR_ESTIMATORS)}")
+    if estimator != "auto":
+        return estimator
+    return AUTO_ESTIMATOR.get((torch.device(device).type, int(n_proj)), "vjp")
+
+
+class Replay:
+    """Repeat a model's forward pass with the random draws of the first one, leaving no trace.
+
+    Create it just before the first pass: it records the CPU random generator (and, for a
+    CUDA ``device``, that device's). ``replay(fn)`` runs ``fn`` with the generators rewound to
+    that point — dropout draws the same masks — and afterwards puts the generators and the
+    model's buffers (batch-norm running statistics) back as they were before ``fn``: the
+    extra pass changes neither the random stream nor the running statistics. With
+    ``buffers=True`` the buffers are also recorded at creation and :meth:`rewind` undoes
+    everything since (generators and buffers)."""
+
+    def __init__(self, model: torch.nn.Module, device, buffers: bool = False):
+        self.model, self.device = model, torch.device(device)
+        self.rng = self._rng()
+        self.saved = self._buffers() if buffers else None
+
+    def _rng(self):
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _set_rng(self, state) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.device)
+
+    def _buffers(self):
+        return [(b, b.detach().clone()) for b in self.model.buffers()]
+
+    @staticmethod
+    def _put(saved) -> None:
+        # through .data: running statistics are updated inside the batch-norm kernel without
+        # a version bump, so writing them back must not bump it either
+        for b, value in saved:
+            b.data.copy_(value)
+
+    def __call__(self, fn):
+        after, saved = self._rng(), self._buffers()
+        self._set_rng(self.rng)
+        try:
+            return fn()
+        finally:
+            self._put(saved)
+            self._set_rng(after)
+
+    def rewind(self) -> None:
+        """Put generators and buffers back to their state at creation (needs ``buffers=True``)."""
+        self._set_rng(self.rng)
+        self._put(self.saved)
+
+
+#: the linear layers whose forward-mode formula :class:`_TangentsThroughLinearLayers` replaces
+_LINEAR_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d, F.linear)
+
+
+class _TangentsThroughLinearLayers(TorchFunctionMode):
+    """Forward mode through convolutions and linear layers without the parameters' zero tangents.
+
+    PyTorch's forward-mode formula for ``conv(x, W, b)`` is conv(x_t, W) + conv(x, W_t, b_t), and
+    when W and b have no tangent (ours never do) the second term is still computed, on
+    materialised zeros: a whole extra convolution per layer (≈ 13 % of a LeNet' JR step on CPU).
+    Inside this mode, such a call on a dual input whose weight and bias carry no tangent is done
+    as two calls, conv(x, W, b) and conv(x_t, W) — the same numbers and the same graph for the
+    backward. Every other call goes through unchanged.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _LINEAR_FUNCTIONS and args and isinstance(args[0], torch.Tensor):
+            primal, tangent = fwAD.unpack_dual(args[0])
+            rest, kw = list(args[1:]), dict(kwargs)
+            weight = rest[0] if rest else kw.get("weight")
+            bias_positional = len(rest) > 1
+            bias = rest[1] if bias_positional else kw.get("bias")
+            if (tangent is not None and isinstance(weight, torch.Tensor) and fwAD.unpack_dual(weight).tangent is None
+                    and (bias is None or fwAD.unpack_dual(bias).tangent is None)):
+                out = func(primal, *rest, **kw)
+                if bias_positional:
+                    rest[1] = None
+                else:
+                    kw["bias"] = None
+                return fwAD.make_dual(out, func(tangent, *rest, **kw))
+        return func(*args, **kwargs)
+
+
+def jvp_forward(model, x: torch.Tensor, tangent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward-mode pass: the logits ``model(x)`` and their directional derivative J·tangent
+    (both [B, C]), differentiable w.r.t. the parameters. ``x`` needs no grad; no input gradient is
+    formed. Convolutions and linear layers skip PyTorch's zero parameter tangents
+    (:class:`_TangentsThroughLinearLayers`). Raises NotImplementedError where an operator has no
+    forward-mode formula."""
+    with fwAD.dual_level(), _TangentsThroughLinearLayers():
+        out = model(fwAD.make_dual(x.detach(), tangent))
+        logits, jt = fwAD.unpack_dual(out)
+    return logits, (torch.zeros_like(logits) if jt is None else jt)
+
+
+def jr_jvp_per_sample(
+    model, x: torch.Tensor, n_proj: int = 1, generator: Optional[torch.Generator] = None,
+    input_scale: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``jvp`` estimator: (logits, [B] per-sample (1/n_proj) Σ_μ ‖J(x_α) u_μα‖²), u_μα
+    Rademacher in the input space (times ``input_scale`` for a rescaled space). Unbiased for
+    ‖J(x_α)‖²_F. The logits come from the first pass; each further projection is one more
+    forward-mode pass that replays the first one's random draws (:class:`Replay`)."""
+    x = x.detach()
+    replay = Replay(model, x.device) if n_proj > 1 else None
+    logits, total = None, None
+    for i in range(n_proj):
+        t = _scaled(rademacher(x.shape, generator, x), input_scale)
+        if i == 0:
+            logits, jt = jvp_forward(model, x, t)
+        else:
+            jt = replay(lambda: jvp_forward(model, x, t)[1])
+        term = _sq_norm(jt) / n_proj
+        total = term if total is None else total + term
+    return logits, total
+
+
+def jr_fd_per_sample(
+    model, x: torch.Tensor, n_proj: int = 1, generator: Optional[torch.Generator] = None,
+    input_scale: Optional[torch.Tensor] = None, step: float = FD_STEP,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``fd`` estimator: (logits, [B] per-sample (1/n_proj) Σ_μ ‖f(x_α + h u_μα) − f(x_α)‖²/h²),
+    u Rademacher in the input space (times ``input_scale``), h = ``step``. Each shifted pass
+    replays the first pass's random draws and leaves the buffers as they were (:class:`Replay`).
+    Biased by O(h²) where f is smooth, and by O(1) where it is not (see the module docstring)."""
+    x = x.detach()
+    replay = Replay(model, x.device)
+    logits = model(x)
+    total = None
+    for _ in range(n_proj):
+        t = _scaled(rademacher(x.shape, generator, x), input_scale)
+        shifted = replay(lambda: model(x + step * t))
+        term = (shifted - logits).pow(2).sum(1) / (step * step * n_proj)
+        total = term if total is None else total + term
+    return logits, total
+
+
 def resolve_method(method: str, x: torch.Tensor) -> str:
     """'auto' → 'batched' on CUDA, 'loop' elsewhere; checks the name."""
     if method not in JACOBIAN_METHODS:
@@ -197,23 +396,42 @@ def jacobian_sq_norms(
     The loop accumulates one class at a time (memory of one input gradient);
     the batched method builds the chunked rows (see :func:`jacobian_rows`).
     """
+    return _sq_norms(x, logits, input_scale, create_graph, method, chunk_size, False)[0]
+
+
+def jacobian_sq_norms_and_row_sum(
+    x: torch.Tensor, logits: torch.Tensor, input_scale: Optional[torch.Tensor] = None,
+    create_graph: bool = False, method: str = "auto", chunk_size: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-sample ‖J(x_α)‖²_F, Σ_c ∂z_c/∂x) from the same C backward passes (or batched pass):
+    the row sum costs no extra pass."""
+    return _sq_norms(x, logits, input_scale, create_graph, method, chunk_size, True)
+
+
+def _sq_norms(x, logits, input_scale, create_graph, method, chunk_size, with_sum):
     chosen = resolve_method(method, x)
     if chosen == "batched":
         try:
-            total = logits.new_zeros(logits.shape[0])
+            total, rows = logits.new_zeros(logits.shape[0]), None
             for g in _batched_chunks(x, logits, create_graph, chunk_size):
-                total = total + _scaled(g, input_scale).pow(2).flatten(2).sum(2).sum(0)
-            return total
+                g = _scaled(g, input_scale)
+                total = total + g.pow(2).flatten(2).sum(2).sum(0)
+                if with_sum:
+                    rows = g.sum(0) if rows is None else rows + g.sum(0)
+            return total, rows
         except (RuntimeError, NotImplementedError):
             if method != "auto":
                 raise
     batch, classes = logits.shape
-    total = logits.new_zeros(batch)
+    total, rows = logits.new_zeros(batch), None
     for c in range(classes):
         (g,) = torch.autograd.grad(logits[:, c].sum(), x, create_graph=create_graph,
                                    retain_graph=create_graph or c < classes - 1)
-        total = total + _sq_norm(_scaled(g, input_scale))
-    return total
+        g = _scaled(g, input_scale)
+        total = total + _sq_norm(g)
+        if with_sum:
+            rows = g if rows is None else rows + g
+    return total, rows
 
 
 def jacobian_channel_sq_norms(x: torch.Tensor, logits: torch.Tensor, method: str = "auto") -> torch.Tensor:

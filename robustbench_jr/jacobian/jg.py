@@ -8,7 +8,7 @@ batch-mean cross-entropy, with the same λ. ``loss = λ · value``.
 from __future__ import annotations
 
 from .base import Regularizer, register
-from .core import _sq_norm, input_gradient, jacobian_sq_norms
+from .core import _sq_norm, jacobian_sq_norms_and_row_sum
 from .varga import DataGrad
 
 
@@ -30,8 +30,8 @@ class CrossLipschitz(Regularizer):
     loss = λ · value.
 
     Computed without the C² pairs through Σ_{k,l}‖g_k − g_l‖² = 2C Σ_k‖g_k‖² − 2‖Σ_k g_k‖²:
-    the exact ‖J‖²_F (C backward passes, or one batched pass) plus one backward pass for
-    Σ_k g_k = ∂(Σ_k z_k)/∂x. Clamped at 0 against round-off.
+    the exact ‖J‖²_F and the row sum Σ_k g_k from the same C backward passes (or one batched
+    pass), no further pass. Clamped at 0 against round-off.
     """
 
     name = "cross-lipschitz"
@@ -41,6 +41,5 @@ class CrossLipschitz(Regularizer):
     def per_sample(self, model, x, y, logits, generator):
         classes = logits.shape[1]
         scale = self.input_scale(model)
-        sq = jacobian_sq_norms(x, logits, scale, create_graph=True, method=self.opts["method"])
-        total_grad = input_gradient(x, logits, None, scale)
-        return (2 * classes * sq - 2 * _sq_norm(total_grad)).clamp_min(0)
+        sq, row_sum = jacobian_sq_norms_and_row_sum(x, logits, scale, create_graph=True, method=self.opts["method"])
+        return (2 * classes * sq - 2 * _sq_norm(row_sum)).clamp_min(0)

@@ -141,14 +141,37 @@ def _check_model_data(model: PixelSpaceModel, *datasets) -> None:
 def step_loss(model, reg, x: torch.Tensor, y: torch.Tensor, generator=None):
     """One training step's loss: cross-entropy + the regularizer's λ-weighted term.
 
-    Returns (loss, ce, reg_output, logits); the caller back-propagates ``loss``.
+    Returns (loss, ce, reg_output, logits); the caller back-propagates ``loss``, which reaches
+    the parameters only. One forward pass (``reg.penalized_forward``; ``jr``'s ``fd`` estimator
+    adds its shifted pass). When the penalty differentiates an input gradient, its graph also
+    leads to the input, whose gradient nobody uses: the parameter gradients are then taken here
+    by one ``torch.autograd.grad`` into the parameters alone, and ``loss`` carries them
+    (:func:`_into_parameters`) — ``loss.backward()`` deposits them without computing ∂loss/∂x.
     """
-    if reg.needs_input_grad:
-        x = x.detach().requires_grad_(True)
-    logits = model(x)
+    logits, r = reg.penalized_forward(model, x, y, generator=generator)
     ce = F.cross_entropy(logits, y)
-    r = reg(model, x, y, logits, generator=generator)
-    return ce + r.loss, ce, r, logits
+    loss = ce + r.loss
+    if r.input_grad:
+        loss = _into_parameters(loss, model)
+    return loss, ce, r, logits
+
+
+def _into_parameters(loss: torch.Tensor, model) -> torch.Tensor:
+    """``loss``'s value, with a graph whose backward gives every parameter of ``model`` that
+    requires grad its gradient ∂loss/∂θ — computed now by one backward pass restricted to
+    the parameters, so that no input gradient (and no pass towards the input) is computed.
+
+    The result is loss + (s − s.detach()) with s = Σ_θ ⟨θ, g_θ⟩ (g_θ detached): the same value
+    bit for bit, and ∂/∂θ = g_θ. ``backward`` on it (scaled or not) accumulates into ``.grad``
+    and runs the post-accumulate hooks (DDP's all-reduce) as a plain backward does; the inner
+    pass accumulates nothing. Tensor hooks registered with ``p.register_hook`` see both passes.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    s = sum((p * g).sum() for p, g in zip(params, grads) if g is not None)
+    if not isinstance(s, torch.Tensor):  # no parameter depends on the loss
+        return loss.detach()
+    return loss.detach() + (s - s.detach())
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:
