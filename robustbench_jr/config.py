@@ -212,7 +212,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 def build_config(cls: type[T], *layers: Mapping[str, Any] | None, where: str = "config") -> T:
     """Build dataclass ``cls`` from mappings applied in order (later layers win).
 
-    ``None`` values in a layer mean "not given" and do not override earlier layers.
+    A key that a layer does not hold is "not given"; a key it holds with the value
+    ``None`` (YAML ``null``) is an explicit null and sets the field to None, over the
+    default and over earlier layers (``searches: {pgd: {saturation: null}}`` means "no
+    saturation box", not "the default box"). Callers whose layers hold None for "not
+    given" — command-line options the user did not type — drop those keys first
+    (:func:`given`). A field that is not Optional refuses the null (:func:`check_constraints`).
     The result is checked: declared ranges/choices (:func:`check_constraints`), then
     the config's own ``validate()`` if it has one (cross-field checks).
     """
@@ -229,7 +234,11 @@ def build_config(cls: type[T], *layers: Mapping[str, Any] | None, where: str = "
                     f"unknown key {key!r} in {where}; valid keys: {', '.join(sorted(fields))}"
                 )
             if value is None:
-                continue
+                kind, optional = _split_optional(hints[norm])
+                if not optional and kind in (int, float, bool, str):
+                    spec = spec_of(fields[norm]) or Spec()
+                    raise ConfigError(f"{where}: {key} must be {spec.describe(kind)}, got null "
+                                      f"(null is an explicit value here; leave the key out for the default)")
             merged[norm] = _coerce(value, hints[norm], key)
     try:
         obj = cls(**merged)
@@ -240,6 +249,13 @@ def build_config(cls: type[T], *layers: Mapping[str, Any] | None, where: str = "
     if callable(validate):
         validate()
     return obj
+
+
+def given(layer: Optional[Mapping[str, Any]]) -> dict:
+    """The keys of ``layer`` whose value is not None: a layer of command-line options,
+    where None means "the user did not type it", made fit for :func:`build_config`
+    (where None means an explicit null)."""
+    return {k: v for k, v in (layer or {}).items() if v is not None}
 
 
 def to_dict(cfg: Any) -> dict:

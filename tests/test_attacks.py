@@ -505,9 +505,11 @@ def test_deepfool_batched_and_loop_jacobians_agree_and_topk_candidates():
     c = run("deepfool", model, x, y, candidates=3, class_chunk=1)
     assert bool(c.fooled.any())
     assert bool((c.n_grad[c.n_grad > 0] % 2 == 0).all())  # 2 candidate classes ≠ y per iteration
-    raw = run("deepfool", model, x, y, refine=False)
-    both = raw.fooled & a.fooled
-    assert bool((a.l2[both] <= raw.l2[both] * (1 + 1e-12)).all())
+    raw = run("deepfool", model, x, y, refine=False)  # the default: the papers' raw DeepFool
+    assert torch.equal(raw.l2, a.l2)
+    refined = run("deepfool", model, x, y, refine=True)
+    both = raw.fooled & refined.fooled
+    assert bool((refined.l2[both] <= raw.l2[both] * (1 + 1e-12)).all())
 
 
 def test_empty_batch():

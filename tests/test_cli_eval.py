@@ -69,7 +69,8 @@ def test_run_json_end_to_end(ckpt, small_cfg, tmp_path):
     assert 0.0 <= m["clean_accuracy"] <= 1.0 and m["jacobian_norm"] > 0
     assert list(m["searches"]) == SEARCHES
     for s, v in m["searches"].items():
-        assert set(v) == {"n", "success_rate", "not_fooled", "median_l2", "mean_l2", "rho_adv"}, s
+        assert set(v) == {"n", "success_rate", "not_fooled", "median_l2", "mean_l2", "rho_adv", "protocol",
+                          "config"}, s
         assert v["n"] == 8 and 0.0 <= v["success_rate"] <= 1.0
         assert v["not_fooled"] == round(8 * (1 - v["success_rate"]))
         for k in ("median_l2", "mean_l2", "rho_adv"):

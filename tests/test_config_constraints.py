@@ -79,7 +79,8 @@ def test_cross_field_checks_stay_in_validate():
 def test_optional_none_accepted_and_defaults_pass():
     for cls in [TrainConfig, *(s.Config for s in SEARCHES.values()), Toy]:
         check_constraints(build_config(cls), "defaults")
-    assert build_config(PGD, {"saturation": None}).saturation is not None  # None in a layer = not given
+    assert build_config(PGD, {"saturation": None}).saturation is None  # an explicit null means null
+    assert build_config(PGD, {}).saturation is not None  # an absent key means the default
     cfg = PGD(saturation=None)
     check_constraints(cfg, "pgd")
     assert build_config(TrainConfig, {"steps": 10, "dropout": 0.0, "few_shot": 5}).few_shot == 5

@@ -130,7 +130,8 @@ def test_report_files_are_real(report):
 
     with open(out / "summary.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert len(table) == 6 and {r["search"] for r in table} == {"cw", "fgsm", "jsma"}
+    # three searches and the per-sample best known distance over them, per checkpoint
+    assert len(table) == 8 and {r["search"] for r in table} == {"cw", "fgsm", "jsma", "best"}
     assert float(table[0]["rho_adv"]) == pytest.approx(0.17)
     md = (out / "summary.md").read_text()
     assert "| Checkpoint | Search | ρ̂_adv |" in md and "| lenet-a | CW L2 | 0.1700 |" in md
@@ -197,7 +198,7 @@ def test_report_cli(tmp_path):
     run = make_run(tmp_path / "run", searches=("cw", "fgsm"), noise=False)
     res = CliRunner().invoke(cli(), ["report", str(run), "--out", str(tmp_path / "o"), "--json", "--log-x"])
     assert res.exit_code == 0, res.output
-    assert [r["search"] for r in json.loads(res.stdout)["searches"]] == ["fgsm", "cw"]
+    assert [r["search"] for r in json.loads(res.stdout)["searches"]] == ["fgsm", "cw", "best"]
     assert (tmp_path / "o" / "report.html").is_file()
     # not a run directory: one message, exit 2
     res = CliRunner().invoke(cli(), ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")])

@@ -15,9 +15,11 @@ import click
 import torch
 from rich.table import Table
 
-from ..config import build_config, read_yaml
+from ..config import build_config, given, read_yaml
 from ..errors import ConfigError
 from ..evaluation.audit import ALL_SEARCHES, AuditConfig, json_document, run_audit
+from ..evaluation.jnorm import JACOBIAN_MODES
+from ..evaluation.jnorm import describe as jnorm_describe
 from ..evaluation.metrics import SAMPLES_NOTE
 from ..runtime import env_rank
 from . import report_cmds
@@ -41,19 +43,41 @@ def _fmt(v: Optional[float], spec: str = ".4f") -> str:
     return format(v, spec)
 
 
+def _jacobian_line(m: dict) -> str:
+    """‖J‖_F of the audit in both spaces with N and the method, the card's beside it."""
+    j = m.get("jacobian") or ({"method": "exact", "pixel": m.get("jacobian_norm"), "n": None}
+                              if m.get("jacobian_norm") is not None else None)
+    parts = [f"mean ‖J‖_F {jnorm_describe(j, 'pixel')}"]
+    if j and j.get("normalized") is not None:
+        parts.append(jnorm_describe(j, "normalized"))
+    card = (j or {}).get("card")
+    if card:
+        cp = [jnorm_describe(card, sp) for sp in ("pixel", "normalized") if card.get(sp) is not None]
+        parts.append("card (whole test set): " + ", ".join(cp))
+    return "; ".join(parts)
+
+
 def render_tables(summary: dict) -> None:
-    """One rich table per model (its searches as rows), on stderr."""
+    """One rich table per model (its searches as rows, the best known distance last), on stderr."""
     console.print(f"[bold]audit[/] {summary['run_dir']}", highlight=False)
     for m in summary["models"]:
-        t = Table(title=f"[bold]{m['name']}[/]  clean acc {_fmt(m['clean_accuracy'], '.2%')}  "
-                        f"mean ‖J‖_F {_fmt(m['jacobian_norm'], '.3f')} (pixel)"
-                        + (f"  [dim]{m['checkpoint']}[/]" if m["checkpoint"] != m["name"] else ""),
+        t = Table(title=f"[bold]{m['name']}[/]  clean acc {_fmt(m['clean_accuracy'], '.2%')}"
+                        + (f"  [dim]{m['checkpoint']}[/]" if m["checkpoint"] != m["name"] else "")
+                        + f"\n{_jacobian_line(m)}",
                   title_justify="left")
-        for col in ("search", "n", "success", "median L2", "mean L2", "ρ̂_adv", "not fooled"):
-            t.add_column(col, justify="left" if col == "search" else "right", no_wrap=True)
+        for col in ("search", "n", "success", "median L2", "mean L2", "ρ̂_adv", "not fooled", "protocol"):
+            t.add_column(col, justify="left" if col in ("search", "protocol") else "right",
+                         no_wrap=col != "protocol")
         for s, r in m["searches"].items():
             t.add_row(s, str(r["n"]), _fmt(r["success_rate"], ".1%"), _fmt(r["median_l2"]), _fmt(r["mean_l2"]),
-                      _fmt(r["rho_adv"]), str(r["not_fooled"]))
+                      _fmt(r["rho_adv"]), str(r["not_fooled"]), r.get("protocol") or "")
+        b = m.get("best")
+        if b is not None:
+            t.add_section()
+            found = ", ".join(f"{k} {v}" for k, v in b["found_by"].items())
+            t.add_row("[bold]best[/]", str(b["n"]), _fmt(b["success_rate"], ".1%"), _fmt(b["median_l2"]),
+                      _fmt(b["mean_l2"]), f"[bold]{_fmt(b['rho_adv'])}[/]", str(b["not_fooled"]),
+                      f"per-sample minimum over the searches (found by {found})")
         console.print(t)
     console.print(f"[dim]{SAMPLES_NOTE}[/]", highlight=False)
     if summary.get("warnings"):
@@ -113,6 +137,10 @@ Exit status: 0 when the audit completed, 2 on bad input.""")
                    "CHECKPOINT: small models such as LeNet run faster single-threaded, most of all on a "
                    "shared machine]")
 @click.option("--batch-size", type=int, default=None, help=f"Samples per batch.  [default: {_DEFAULTS.batch_size}]")
+@click.option("--jacobian", type=click.Choice(list(JACOBIAN_MODES)), default=None,
+              help="Mean ‖J‖_F: exact (one backward pass per class), estimate (random projections, with a "
+                   "standard error), off; auto = exact where classes × input size ≤ 10⁶ (MNIST, CIFAR), "
+                   "else estimate.  [default: auto]")
 @click.option("--save-adversarials/--no-save-adversarials", default=None,
               help="Write adversarial images to OUT/adversarials/<model>/<search>/batch-XXXX.safetensors.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout (progress on stderr).")
@@ -120,15 +148,17 @@ Exit status: 0 when the audit completed, 2 on bad input.""")
 @model_data_options()
 @handle_errors
 def run(checkpoints, attacks, budget, n, subset, dataset, arch, data_root, source, out_dir, config_file, seed, device,
-        threads, batch_size, save_adversarials, as_json, quiet, model_opts) -> None:
+        threads, batch_size, jacobian, save_adversarials, as_json, quiet, model_opts) -> None:
     file_layer = read_yaml(config_file) if config_file else {}
     file_ckpts = file_layer.pop("checkpoints", None)
     if file_ckpts is not None and not (isinstance(file_ckpts, list) and all(isinstance(c, str) for c in file_ckpts)):
         raise ConfigError(f"config file {config_file!r}: 'checkpoints' must be a list of paths or names")
     ckpts = list(checkpoints) or list(file_ckpts or [])
-    cli_layer = dict(attacks=attacks, budget=budget, n=n, subset=subset, dataset=dataset, arch=arch,
-                     data_root=data_root, source=source,
-                     seed=seed, device=device, batch_size=batch_size, save_adversarials=save_adversarials)
+    # options the user did not type are None: "not given", dropped (an explicit null is a YAML/API value)
+    cli_layer = given(dict(attacks=attacks, budget=budget, n=n, subset=subset, dataset=dataset, arch=arch,
+                           data_root=data_root, source=source,
+                           seed=seed, device=device, batch_size=batch_size, jacobian=jacobian,
+                           save_adversarials=save_adversarials))
     cli_layer.update(model_opts)
     defaults = {} if ckpts else {"source": "bundled", "budget": "quick"}
     where = f"config file {config_file!r}" if config_file else "options"

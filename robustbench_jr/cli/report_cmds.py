@@ -43,6 +43,9 @@ Rules come from --policy FILE.yaml and/or repeated --rule, e.g.
   --rule "rho_adv[cw] >= 0.95 * baseline" --baseline runs/main
 With --confidence C the gate bootstraps the samples and, by default (decide:
 tolerant), fails only when the data show the rule is violated at confidence C.
+Baseline rules compare like with like: a baseline audited with another search
+configuration, on other samples or other data is refused (exit 2, differences
+listed) unless --allow-mismatch.
 Exit status: 0 all rules pass, 1 some rule fails, 2 usage or policy error.
 See docs/reports.md for the policy format and every metric."""
 
@@ -53,7 +56,9 @@ A 2-D plane through the sample: --plane random (two random orthonormal direction
 or --plane adversarial (spanned by the FGSM directions of the first two checkpoints;
 with one checkpoint, its FGSM direction and a random one). Colour = predicted class,
 opacity = max softmax, circle = distance to the closest decision boundary within the
-plane. Every checkpoint is drawn on the same plane, side by side."""
+plane. Every checkpoint is drawn on the same plane, side by side. The model sees every
+point clipped to [0, 1], the box the searches use (hatched: points mostly outside it),
+so the FGSM ε and L2 shown are the FGSM search's."""
 
 
 def _write_text(path: str, text: str) -> None:
@@ -90,6 +95,10 @@ def report_cmd(run_dirs, out_dir, log_x, title, as_json, quiet) -> None:
 @click.option("--rule", "rules", multiple=True, metavar="EXPR", help="A rule; repeatable; added to the policy's.")
 @click.option("--baseline", default=None, type=click.Path(file_okay=False), help="Baseline run for 'baseline' rules.")
 @click.option("--baseline-model", default=None, help="Baseline model to compare with (default: same name).")
+@click.option("--allow-mismatch", is_flag=True, default=None,
+              help="Judge baseline rules even where the baseline differs from the run in search configuration, "
+                   "sample ids or data (the verdict, JSON and JUnit list the differences). Without it such a "
+                   "comparison is refused with exit status 2.")
 @click.option("--model", "models", multiple=True, metavar="PATTERN",
               help="Apply unscoped rules only to these models (shell patterns; repeatable).")
 @click.option("--confidence", type=float, default=None, help="Use a one-sided bootstrap bound at this confidence.")
@@ -103,11 +112,11 @@ def report_cmd(run_dirs, out_dir, log_x, title, as_json, quiet) -> None:
 @click.option("--json-out", "json_file", default=None, type=click.Path(dir_okay=False), help="Write the JSON here.")
 @click.option("--quiet", is_flag=True, help="No verdict table.")
 @handle_errors
-def gate_cmd(run_dir, policy_file, rules, baseline, baseline_model, models, confidence, bootstrap, seed, decide,
-             junit_file, as_json, json_file, quiet) -> None:
+def gate_cmd(run_dir, policy_file, rules, baseline, baseline_model, allow_mismatch, models, confidence, bootstrap,
+             seed, decide, junit_file, as_json, json_file, quiet) -> None:
     policy = load_policy(policy_file, extra_rules=rules, baseline=baseline, baseline_model=baseline_model,
                          models=list(models) or None, confidence=confidence, bootstrap=bootstrap, seed=seed,
-                         decide=decide)
+                         decide=decide, allow_mismatch=allow_mismatch or None)
     res = evaluate(run_dir, policy)
     if junit_file:
         _write_text(junit_file, junit_xml(res))
@@ -117,6 +126,9 @@ def gate_cmd(run_dir, policy_file, rules, baseline, baseline_model, models, conf
         click.echo(res.to_json())
     if not quiet:
         console.print(render.gate_table(res))
+        if res.mismatches:
+            console.print("[bold yellow]baseline not comparable[/] (allowed by --allow-mismatch):\n"
+                          + "\n".join(f"  - {d}" for d in res.mismatches), highlight=False)
         n_fail = sum(not c.passed for c in res.checks)
         console.print("[bold green]gate passed[/]" if res.passed else
                       f"[bold red]gate failed[/]: {n_fail} of {len(res.checks)} checks")
@@ -153,11 +165,15 @@ def cells_cmd(checkpoints, index, plane, dataset, data_root, radius, resolution,
         click.echo(paths["json"].read_text(encoding="utf-8"))
     t = Table(title=f"Decision cells through sample {index} (label {res.label}), {plane} plane",
               header_style="bold cyan")
-    for c in ("Checkpoint", "Prediction", "Max softmax", "Closest boundary in plane (L2)"):
+    for c in ("Checkpoint", "Prediction", "Max softmax", "Closest boundary in plane (L2)",
+              "Its L2 after clipping", "FGSM ε (L2)"):
         t.add_column(c, justify="left" if c == "Checkpoint" else "right")
     for p in res.panels:
         t.add_row(p.name, str(p.center_pred), f"{p.center_conf:.3f}",
-                  "none within the plane" if p.boundary is None else f"{p.boundary:.3f}")
+                  "none within the plane" if p.boundary is None else f"{p.boundary:.3f}",
+                  "–" if p.boundary_l2 is None else f"{p.boundary_l2:.3f}",
+                  "–" if p.fgsm_eps is None else f"{p.fgsm_eps:.4f}"
+                  + ("" if p.fgsm_l2 is None else f" ({p.fgsm_l2:.3f})"))
     console.print(t)
     console.print(f"[green]figure:[/] {paths['png']} and {paths['svg']}")
 

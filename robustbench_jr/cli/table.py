@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 from rich.markup import escape
+from rich.table import Table
 
 from ..experiments import RunnerOptions, Scaling, run_tables, validate_experiments
+from ..experiments.pipeline import verify_table
 from ..experiments.spec import TABLE_FILE
 from ..runtime import Event
 from .common import console, handle_errors
@@ -32,16 +35,39 @@ runs are the full ones in RESULTS/<table>/ (reused, or trained there); only its 
 and table go to RESULTS/<table>@n<N>/.
 
 \b
+Every table records the commit of the code that wrote it, each run's training-config
+hash, its weights' hash and its card's metrics. --docs DIR copies table.md and
+table.json to DIR/<table>.md/.json (docs/reproduction holds the published ones);
+--verify re-checks such a table.json against the cards and audits present under
+--results, without training or attacking anything.
+
+\b
 Examples:
   jr-train table experiments/hoffman-table1
   jr-train table --all experiments --dry-run
   jr-train table experiments/jg-table3 --max-steps 20 --audit-n 20      (smoke run)
   jr-train table --validate experiments
+  jr-train table experiments/hoffman-table1 --verify    (against docs/reproduction/hoffman-table1.json)
 """
 
 #: how the runner's messages (info events, by their data["tag"]) are styled
 _STYLES = {"table": "bold", "skip": "dim", "train": "bold cyan", "resume": "bold cyan", "eval": "bold cyan",
            "audit": "bold cyan", "written": "green"}
+
+
+def verify_rich(rep: dict) -> Table:
+    """The verdict of `jr-train table --verify`: one row per run, what differs."""
+    t = Table(title=f"verify {rep['table']}", title_justify="left", header_style="bold cyan")
+    for c in ("run", "status", "checked", "differences / note"):
+        t.add_column(c)
+    for r in rep["runs"]:
+        decided = [c for c in r["checks"] if c["ok"] is not None]
+        bad = [c for c in decided if not c["ok"]]
+        style = {"verified": "green", "differs": "red"}.get(r["status"], "dim")
+        note = "; ".join(f"{c['what']}: recorded {c['recorded']!r}, present {c['present']!r}" for c in bad) \
+            or r.get("note", "")
+        t.add_row(escape(str(r["name"])), f"[{style}]{r['status']}[/]", str(len(decided)), escape(note))
+    return t
 
 
 class TableEvents(RichEvents):
@@ -74,10 +100,29 @@ class TableEvents(RichEvents):
 @click.option("--table-only", is_flag=True, help="Train and evaluate nothing; rewrite table.md/json from the results.")
 @click.option("--validate", is_flag=True,
               help="Check every table under EXPERIMENT_DIR (or its parent, for a table) and exit.")
+@click.option("--docs", "docs_dir", default=None, type=click.Path(file_okay=False),
+              help="Also copy the written table.md/table.json to DOCS/<table>.md/.json (full tables only), "
+                   "e.g. docs/reproduction.")
+@click.option("--verify", is_flag=True,
+              help="Train and attack nothing: re-check a recorded table.json (see --against) against the cards "
+                   "and audits under --results (config hashes, card metrics, every cell). Exit 0 when at "
+                   "least one run was checked and nothing differs, 1 otherwise.")
+@click.option("--against", default=None, type=click.Path(dir_okay=False),
+              help="The recorded table.json for --verify.  [default: docs/reproduction/<table>.json]")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
 def table(experiment_dir, results, steps_scale, max_steps, audit_n, device, data_root, only, all_tables, dry_run,
-          table_only, validate, quiet):
+          table_only, validate, docs_dir, verify, against, quiet):
+    if verify:
+        opts = RunnerOptions(results=Path(results), scaling=Scaling(steps_scale, max_steps, audit_n),
+                             device=device, data_root=data_root, table_only=True, progress=False)
+        rep = verify_table(experiment_dir, opts, against)
+        console.print(verify_rich(rep))
+        verdict = "[bold green]verified[/]" if rep["passed"] else "[bold red]not verified[/]"
+        console.print(f"{verdict}: {rep['checked']} of {len(rep['runs'])} runs checked against the cards in "
+                      f"{escape(rep['results_dir'])}" + (" (recorded values rounded as published)"
+                                                        if rep["reconstructed"] else ""), highlight=False)
+        sys.exit(0 if rep["passed"] else 1)
     if validate:
         p = Path(experiment_dir)
         root = p.parent if (p / TABLE_FILE).is_file() and not all_tables else p
@@ -89,5 +134,6 @@ def table(experiment_dir, results, steps_scale, max_steps, audit_n, device, data
         opts = RunnerOptions(results=Path(results), scaling=Scaling(steps_scale, max_steps, audit_n), device=device,
                              data_root=data_root,
                              only=[s.strip() for s in only.split(",") if s.strip()] if only else None,
-                             dry_run=dry_run, table_only=table_only, progress=not quiet, on_event=on_event)
+                             dry_run=dry_run, table_only=table_only, progress=not quiet, on_event=on_event,
+                             docs=Path(docs_dir) if docs_dir else None)
         run_tables(experiment_dir, opts, all_tables=all_tables)

@@ -9,7 +9,7 @@ import typing
 
 import click
 
-from ..config import read_yaml, spec_of
+from ..config import given, read_yaml, spec_of
 from ..data import DATASETS
 from ..jacobian import REGULARIZERS
 from ..models import ARCHITECTURES
@@ -97,9 +97,11 @@ _NOT_CONFIG = {"config_file", "out", "resume", "quiet", "as_json", "checkpoint",
 def _layers(kwargs) -> list[dict]:
     """The config file's mapping, then the options the user typed (later wins)."""
     file_layer = read_yaml(kwargs["config_file"]) if kwargs.get("config_file") else {}
-    cli_layer = {k: v for k, v in kwargs.items() if k not in _NOT_CONFIG}
+    # options the user did not type are None ("not given") and are dropped; in the file
+    # (and in build_config) an explicit null means null
+    cli_layer = given({k: v for k, v in kwargs.items() if k not in _NOT_CONFIG})
     if cli_layer.get("device") == "auto" and "device" in file_layer:
-        cli_layer["device"] = None  # the option's default must not override the file
+        del cli_layer["device"]  # the option's default must not override the file
     return [file_layer, cli_layer]
 
 

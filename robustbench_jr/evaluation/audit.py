@@ -37,6 +37,9 @@ from ..data import get_dataset_info
 from ..errors import ConfigError
 from ..runtime import EventHandler, dist_context, resolve_device
 from .execute import execute, open_store, summarize_run
+from .best import BEST, best_rows
+from .jnorm import DEFAULT_PROJECTIONS, JACOBIAN_MODES
+from .jnorm import describe as jnorm_describe
 from .metrics import SAMPLES_NOTE, error_curve
 from .plan import (ALL_SEARCHES, BUDGETS, DataEntry, ModelEntry, batch_key, data_from_tensors, known_searches,
                    load_data, model_options, models_from_checkpoints, plan_audit, weights_sha256)
@@ -72,6 +75,9 @@ class AuditConfig:
     ``saturation`` defaults to the dataset's (32/255 MNIST-like, 16/255 CIFAR-like).
     noise_sigmas: σ grid for the accuracy under clipped N(0, σ²) noise.
     save_adversarials: also write the adversarial images as safetensors shards.
+    jacobian: how mean ‖J‖_F is measured (:mod:`.jnorm`): ``exact``, ``estimate`` (random
+    projections, ``jacobian_projections`` per sample, with a standard error), ``off``, or
+    ``auto`` (exact where classes × input components ≤ 10⁶, else estimate).
     """
 
     attacks: list[str] = param(default_factory=lambda: list(ALL_SEARCHES), doc="searches to run")
@@ -97,6 +103,10 @@ class AuditConfig:
     searches: dict = field(default_factory=dict)
     noise_sigmas: list[float] = field(default_factory=lambda: list(DEFAULT_SIGMAS))
     save_adversarials: bool = False
+    jacobian: str = param("auto", choices=JACOBIAN_MODES,
+                          doc="mean ‖J‖_F: exact, estimate (random projections, with a standard error), off; "
+                              "auto = exact where classes × input size is small")
+    jacobian_projections: int = param(DEFAULT_PROJECTIONS, ge=1, doc="random projections per sample (estimate)")
 
     def validate(self) -> None:
         """Normalise the search list (``all`` expanded, names checked), the per-search
@@ -157,13 +167,23 @@ def _json_safe(obj: Any) -> Any:
 
 def json_document(summary: dict) -> dict:
     """The ``jr-eval run --json`` document of a run summary (:func:`summarize_run`):
-    run_dir, warnings and per model the summary numbers (NaN/inf as null)."""
+    run_dir, warnings and per model the summary numbers (NaN/inf as null): ``best`` (the
+    per-sample best known distance over the searches, the headline, with ``found_by``),
+    per search :data:`JSON_KEYS` with its ``protocol`` and resolved ``config``, and
+    ``jacobian`` (method, N, both spaces, standard errors, the card's values)."""
     models = []
     for m in summary["models"]:
+        settings = m.get("search_settings") or {}
+        best = m.get("best")
         models.append({
             "name": m["name"], "checkpoint": m["checkpoint"], "dataset": m.get("dataset"),
             "clean_accuracy": m["clean_accuracy"], "jacobian_norm": m["jacobian_norm"],
-            "searches": {s: {k: v[k] for k in JSON_KEYS} for s, v in m["searches"].items()},
+            "jacobian": m.get("jacobian"),
+            "best": None if best is None else {**{k: best[k] for k in JSON_KEYS}, "protocol": best["protocol"],
+                                               "found_by": best["found_by"]},
+            "searches": {s: {**{k: v[k] for k in JSON_KEYS}, "protocol": v.get("protocol"),
+                             "config": (settings.get(s) or {}).get("config")}
+                         for s, v in m["searches"].items()},
             "noise_accuracy": m.get("noise_accuracy", []),
         })
     return _json_safe({"run_dir": summary["run_dir"], "models": models,
@@ -172,10 +192,11 @@ def json_document(summary: dict) -> dict:
 
 @dataclass
 class ModelResult:
-    """One audited model: clean accuracy, mean ‖J‖_F (pixel space), noise accuracy, and per
-    search the per-sample rows (arrays ordered by sample id: ``sample_id``, ``label``,
-    ``clean_pred``, ``adv_pred``, ``fooled``, ``l2``, ``linf``, ``l0``, ``x_norm``,
-    ``n_forward``, ``n_grad``) and their summary."""
+    """One audited model: clean accuracy, mean ‖J‖_F (pixel space; ``jacobian`` has both spaces,
+    N and the method), noise accuracy, and per search the per-sample rows (arrays ordered by
+    sample id: ``sample_id``, ``label``, ``clean_pred``, ``adv_pred``, ``fooled``, ``l2``,
+    ``linf``, ``l0``, ``x_norm``, ``n_forward``, ``n_grad``) and their summary; ``rows["best"]``
+    is the per-sample best known distance (with ``search``: which one found it)."""
 
     name: str
     checkpoint: Optional[str]
@@ -183,8 +204,10 @@ class ModelResult:
     clean_accuracy: Optional[float]
     jacobian_norm: Optional[float]
     noise_accuracy: list = field(default_factory=list)
-    rows: dict = field(default_factory=dict)  # search -> column -> np.ndarray
+    rows: dict = field(default_factory=dict)  # search -> column -> np.ndarray ("best" included)
     summaries: dict = field(default_factory=dict)  # search -> summary dict
+    best: Optional[dict] = None  # summary of the per-sample best known distance (the headline)
+    jacobian: Optional[dict] = None  # the ‖J‖_F measurement: method, N, both spaces, standard errors, card
 
 
 @dataclass
@@ -209,8 +232,11 @@ class AuditResult:
         out = []
         for m in summ["models"]:
             rows = {s: store.results(m["name"], s) for s in m["searches"]}
+            if m.get("best") is not None:
+                rows[BEST] = best_rows(rows, list(m["searches"]))
             out.append(ModelResult(m["name"], m["checkpoint"], m["dataset"], m["clean_accuracy"],
-                                   m["jacobian_norm"], m["noise_accuracy"], rows, m["searches"]))
+                                   m["jacobian_norm"], m["noise_accuracy"], rows, m["searches"], m.get("best"),
+                                   m.get("jacobian")))
         return cls(out, summ["run_dir"], summ["warnings"], store.meta().get("config", {}), summ)
 
     def model(self, name: Optional[str] = None) -> ModelResult:
@@ -232,19 +258,24 @@ class AuditResult:
         return m.rows[search]
 
     def summary(self, model: Optional[str] = None) -> dict:
-        """Per search: n, n_fooled, success_rate, not_fooled, already_misclassified,
-        median_l2, mean_l2, rho_adv, rho_adv_attacked (see :mod:`.metrics` for which samples
-        each averages), plus the model's clean_accuracy and jacobian_norm."""
+        """``best`` (the headline: the per-sample best known distance over the searches, with
+        ``found_by``) and per search: n, n_fooled, success_rate, not_fooled,
+        already_misclassified, median_l2, mean_l2, rho_adv, rho_adv_attacked (see
+        :mod:`.metrics` for which samples each averages) and ``protocol``, plus the model's
+        clean_accuracy, jacobian_norm (pixel space) and ``jacobian`` (method, N, both spaces)."""
         m = self.model(model)
         return {"model": m.name, "clean_accuracy": m.clean_accuracy, "jacobian_norm": m.jacobian_norm,
+                "jacobian": m.jacobian, "best": None if m.best is None else dict(m.best),
                 "searches": {s: dict(v) for s, v in m.summaries.items()}}
 
     def distances(self, search: str, model: Optional[str] = None) -> np.ndarray:
-        """Per-sample L2 fooling distances (0 = already misclassified, +inf = not fooled)."""
+        """Per-sample L2 fooling distances (0 = already misclassified, +inf = not fooled);
+        ``search="best"``: the smallest over every search run."""
         return self._rows(search, model)["l2"]
 
     def curve(self, search: str, model: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(distances, test_error)``: the exact step curve of test error vs L2 distance."""
+        """``(distances, test_error)``: the exact step curve of test error vs L2 distance
+        (``search="best"``: of the best known distances, the headline curve)."""
         return error_curve(self.distances(search, model))
 
     def to_dict(self) -> dict:
@@ -259,12 +290,15 @@ class AuditResult:
         lines = []
         for m in self.models:
             acc = "–" if m.clean_accuracy is None else f"{m.clean_accuracy:.2%}"
-            jac = "–" if m.jacobian_norm is None else f"{m.jacobian_norm:.3f}"
-            lines.append(f"{m.name}: clean acc {acc}, mean ‖J‖_F {jac} (pixel)")
-            lines.append(f"  {'search':<10}{'n':>6}{'success':>9}{'median L2':>11}{'ρ̂_adv':>9}{'not fooled':>12}")
-            for s, v in m.summaries.items():
+            lines.append(f"{m.name}: clean acc {acc}, mean ‖J‖_F {jnorm_describe(m.jacobian, 'pixel')}"
+                         + (f", {jnorm_describe(m.jacobian, 'normalized')}"
+                            if m.jacobian and m.jacobian.get("normalized") is not None else ""))
+            lines.append(f"  {'search':<10}{'n':>6}{'success':>9}{'median L2':>11}{'ρ̂_adv':>9}{'not fooled':>12}"
+                         "  protocol")
+            rows = list(m.summaries.items()) + ([(BEST, m.best)] if m.best is not None else [])
+            for s, v in rows:
                 lines.append(f"  {s:<10}{v['n']:>6}{v['success_rate']:>9.1%}{v['median_l2']:>11.4f}"
-                             f"{v['rho_adv']:>9.4f}{v['not_fooled']:>12}")
+                             f"{v['rho_adv']:>9.4f}{v['not_fooled']:>12}  {v.get('protocol') or ''}")
         return "\n".join(lines)
 
 
@@ -283,7 +317,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, searches: Any = "a
           sample_ids: Any = None, name: str = "model", dataset: Optional[str] = None,
           search_config: Optional[dict] = None, noise_sigmas: Optional[Sequence[float]] = None,
           device: Any = None, on_event: Optional[EventHandler] = None,
-          search_factory: Optional[Callable] = None) -> AuditResult:
+          search_factory: Optional[Callable] = None, jacobian: str = "auto") -> AuditResult:
     """Audit an in-memory pixel-space classifier on images ``x`` ([N, C, H, W] in [0, 1])
     with labels ``y`` ([N]).
 
@@ -293,14 +327,16 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, searches: Any = "a
     or None to keep the results in memory. ``budget`` (``paper``/``quick``) and
     ``search_config`` (``{name: {key: value}}``) configure the searches; ``dataset``
     (a registry name, e.g. ``mnist``) sets PGD's saturation box the way ``jr-eval`` does.
-    The model runs in eval mode (its own flags are restored afterwards), on its own device
-    unless ``device`` is given. Returns an :class:`AuditResult`.
+    ``jacobian``: how mean ‖J‖_F is measured (``auto``, ``exact``, ``estimate``, ``off``; see
+    :mod:`.jnorm`). The model runs in eval mode (its own flags are restored afterwards), on
+    its own device unless ``device`` is given. Returns an :class:`AuditResult`.
     """
     sat = None if dataset is None else get_dataset_info(dataset).pgd_saturation
     data = data_from_tensors(x, y, sample_ids, name=dataset or "tensors", pgd_saturation=sat)
     dev = resolve_device(device) if device is not None else _model_device(model, x)
     layer = {"attacks": searches, "budget": budget, "n": len(data.dataset), "batch_size": batch_size,
-             "seed": seed, "searches": search_config or {}, "dataset": dataset, "device": str(dev)}
+             "seed": seed, "searches": search_config or {}, "dataset": dataset, "device": str(dev),
+             "jacobian": jacobian}
     if noise_sigmas is not None:
         layer["noise_sigmas"] = list(noise_sigmas)
     config = build_config(AuditConfig, layer, where="audit arguments")

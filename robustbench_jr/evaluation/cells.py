@@ -6,14 +6,23 @@ predicted class and the max softmax; the distance to the closest decision bounda
 *within the plane* is found by casting rays from ``x`` and bisecting the first change
 of prediction.
 
-The plane is a geometric cross section of the model: points are not clipped to
-[0, 1] (clipping would bend the plane), so far from ``x`` they can leave the image
-box. ``adversarial`` planes are spanned by FGSM directions (the FGSM search's own
-direction, :func:`robustbench_jr.attacks.fgsm.fgsm_direction`); the FGSM point
-marked on the plane is the smallest ε along that direction that changes the
-prediction away from the label, found with the FGSM search's grid-then-bisection
-(:func:`robustbench_jr.attacks.fgsm.smallest_fooling_eps`) but unclipped, so that it
-lies on the plane. It can therefore differ from the FGSM search's (clipped) ε.
+The plane lives in the box the searches use (``box=True``, the default): the model
+sees every point clipped to [0, 1], clip(x + a·u + b·v, 0, 1), exactly as the searches
+clip their candidates, so the picture and the audit tell the same story. The plane's
+coordinates stay the unclipped offsets (a, b); where clipping takes away part of an
+offset, the point lies (partly) outside [0, 1]: :attr:`CellsResult.outside` is the
+fraction of each grid point's offset that clipping removes, and the figure hatches the
+region where it is more than half. Each panel also gives the real L2 distance of its
+closest boundary point after clipping (``boundary_l2``), the number to hold against the
+audit's distances. ``box=False`` gives the geometric cross section (no clipping; far from
+``x`` the points leave the image box and the model is evaluated where no image lies).
+
+``adversarial`` planes are spanned by FGSM directions (the FGSM search's own direction,
+:func:`robustbench_jr.attacks.fgsm.fgsm_direction`); the FGSM point marked on the plane is
+the smallest ε along that direction that changes the prediction away from the label,
+found with the FGSM search's grid-then-bisection
+(:func:`robustbench_jr.attacks.fgsm.smallest_fooling_eps`) in the same box — so in the
+box its ε and its L2 distance (``fgsm_l2``) are the FGSM search's.
 
 :func:`cross_sections` works on in-memory models and one image tensor (a notebook
 user's own ``nn.Module`` in pixel space); :func:`checkpoint_cross_sections` loads
@@ -39,8 +48,8 @@ from ..errors import InputError
 from ..models import folder_options, is_pretrained_spec, load_checkpoint, resolve_checkpoint, settle_model
 from ..runtime import generator, resolve_device
 
-__all__ = ["CellsResult", "PLANES", "Panel", "boundary_in_plane", "checkpoint_cross_sections", "cross_sections",
-           "fgsm_eps_on_line", "orthonormal_plane", "predict", "random_plane"]
+__all__ = ["CellsResult", "PLANES", "Panel", "boundary_in_plane", "checkpoint_cross_sections", "clipped_distance",
+           "cross_sections", "fgsm_eps_on_line", "orthonormal_plane", "outside_fraction", "predict", "random_plane"]
 
 #: the kinds of plane
 PLANES = ("adversarial", "random")
@@ -62,6 +71,11 @@ class Panel:
     fgsm_eps: Optional[float] = None
     #: its (a, b) coordinates in the plane (None when ε is 0 or None: nothing to mark)
     fgsm_point: Optional[tuple] = None
+    #: L2 distance of the FGSM point from the sample (after clipping in the box: the FGSM search's distance)
+    fgsm_l2: Optional[float] = None
+    #: L2 distance from the sample of the closest boundary point found in the plane, after clipping
+    #: (in the box; without it, equal to ``boundary``)
+    boundary_l2: Optional[float] = None
 
 
 @dataclass
@@ -81,6 +95,11 @@ class CellsResult:
     panels: list[Panel] = field(default_factory=list)
     #: the plane's orthonormal directions (u, v), each shaped like the sample, on the CPU
     basis: Optional[tuple] = None
+    #: whether the model saw the plane's points clipped to [0, 1] (the searches' box)
+    box: bool = True
+    #: [R, R] fraction of each grid point's offset ‖a·u + b·v‖ that lies outside [0, 1]
+    #: (‖(x + p) − clip(x + p)‖ / ‖p‖; 0 at the sample)
+    outside: Optional[np.ndarray] = None
 
 
 @torch.no_grad()
@@ -95,19 +114,42 @@ def predict(model: nn.Module, pts: torch.Tensor, chunk: int = 4096) -> tuple[tor
     return torch.cat(preds), torch.cat(confs)
 
 
-def _plane_points(x, u, v, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return x + a.view(-1, 1, 1, 1) * u + b.view(-1, 1, 1, 1) * v
+def _plane_points(x, u, v, a: torch.Tensor, b: torch.Tensor, box: bool = False) -> torch.Tensor:
+    pts = x + a.view(-1, 1, 1, 1) * u + b.view(-1, 1, 1, 1) * v
+    return pts.clamp(0.0, 1.0) if box else pts
 
 
 @torch.no_grad()
-def _predict_plane(model, x, u, v, a: torch.Tensor, b: torch.Tensor, chunk: int = 4096):
-    """:func:`predict` on the plane points (a, b), built ``chunk`` at a time (memory stays O(chunk))."""
+def _predict_plane(model, x, u, v, a: torch.Tensor, b: torch.Tensor, chunk: int = 4096, box: bool = False):
+    """:func:`predict` on the plane points (a, b) — clipped to [0, 1] with ``box`` — built
+    ``chunk`` at a time (memory stays O(chunk))."""
     preds, confs = [], []
     for i in range(0, len(a), chunk):
-        k, c = predict(model, _plane_points(x, u, v, a[i:i + chunk], b[i:i + chunk]), chunk)
+        k, c = predict(model, _plane_points(x, u, v, a[i:i + chunk], b[i:i + chunk], box), chunk)
         preds.append(k)
         confs.append(c)
     return torch.cat(preds), torch.cat(confs)
+
+
+@torch.no_grad()
+def outside_fraction(x, u, v, a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Per plane point (a, b): the fraction of its offset ‖a·u + b·v‖ that lies outside [0, 1],
+    ‖(x + p) − clip(x + p, 0, 1)‖ / ‖p‖ (0 where p = 0)."""
+    out = []
+    for i in range(0, len(a), chunk):
+        pts = _plane_points(x, u, v, a[i:i + chunk], b[i:i + chunk])
+        lost = (pts - pts.clamp(0.0, 1.0)).flatten(1).norm(dim=1)
+        off = torch.hypot(a[i:i + chunk], b[i:i + chunk])
+        out.append(torch.where(off > 0, lost / off.clamp_min(1e-30), torch.zeros_like(off)))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def clipped_distance(x, u, v, a: float, b: float) -> float:
+    """L2 distance from ``x`` of the plane point (a, b) after clipping to [0, 1]."""
+    p = _plane_points(x, u, v, torch.tensor([a], dtype=x.dtype, device=x.device),
+                      torch.tensor([b], dtype=x.dtype, device=x.device), box=True)
+    return float((p - x).flatten().norm())
 
 
 def orthonormal_plane(u: torch.Tensor, v: torch.Tensor,
@@ -137,13 +179,16 @@ def random_plane(x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def boundary_in_plane(model: nn.Module, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, center_pred: int,
-                      r_max: float, angles: int = 120, steps: int = 64, bisect: int = 12) -> Optional[float]:
-    """Distance from ``x`` to the nearest change of prediction within the plane ``x + a·u + b·v``.
+                      r_max: float, angles: int = 120, steps: int = 64, bisect: int = 12,
+                      box: bool = False, with_point: bool = False):
+    """Distance from ``x`` to the nearest change of prediction within the plane ``x + a·u + b·v``
+    (the model sees the points clipped to [0, 1] with ``box``).
 
     ``angles`` rays from ``x``, each sampled at ``steps`` radii up to ``r_max``; on every
     ray that leaves class ``center_pred`` the first change is bisected ``bisect`` times.
     Returns the smallest such radius (an upper bound, exact up to the angular
-    resolution), or None when no ray leaves the class within ``r_max``.
+    resolution), or None when no ray leaves the class within ``r_max``; with
+    ``with_point``, ``(radius, (a, b))`` of that boundary point (``(None, None)`` when none).
     """
     theta = torch.arange(angles, dtype=x.dtype, device=x.device) * (2 * np.pi / angles)
     r = torch.linspace(0, r_max, steps + 1, dtype=x.dtype, device=x.device)[1:]
@@ -151,11 +196,11 @@ def boundary_in_plane(model: nn.Module, x: torch.Tensor, u: torch.Tensor, v: tor
     A = (r.view(1, -1) * ca.view(-1, 1)).reshape(-1)
     B = (r.view(1, -1) * sa.view(-1, 1)).reshape(-1)
     with eval_mode(model):
-        pred, _ = _predict_plane(model, x, u, v, A, B)
+        pred, _ = _predict_plane(model, x, u, v, A, B, box=box)
         diff = (pred != center_pred).view(angles, steps)
         hit = diff.any(dim=1)
         if not hit.any():
-            return None
+            return (None, None) if with_point else None
         first = torch.where(hit, diff.float().argmax(dim=1), torch.zeros_like(hit, dtype=torch.long))
         idx = hit.nonzero().view(-1)
         hi = r[first[idx]]
@@ -163,16 +208,20 @@ def boundary_in_plane(model: nn.Module, x: torch.Tensor, u: torch.Tensor, v: tor
         c, s = ca[idx], sa[idx]
         for _ in range(bisect):
             mid = (lo + hi) / 2
-            p, _ = _predict_plane(model, x, u, v, mid * c, mid * s)
+            p, _ = _predict_plane(model, x, u, v, mid * c, mid * s, box=box)
             out = p != center_pred
             hi = torch.where(out, mid, hi)
             lo = torch.where(out, lo, mid)
-    return float(hi.min())
+    j = int(hi.argmin())
+    if with_point:
+        return float(hi[j]), (float(hi[j] * c[j]), float(hi[j] * s[j]))
+    return float(hi[j])
 
 
 def fgsm_eps_on_line(model: nn.Module, x: torch.Tensor, direction: torch.Tensor, label: int,
-                     config: Optional[FGSMConfig] = None) -> Optional[float]:
-    """Smallest ε with ``model(x + ε·direction)`` ≠ ``label``, unclipped (the point stays on the line).
+                     config: Optional[FGSMConfig] = None, box: bool = False) -> Optional[float]:
+    """Smallest ε with ``model(x + ε·direction)`` ≠ ``label`` — with ``box``, of
+    ``model(clip(x + ε·direction, 0, 1))``, the FGSM search's own ε; without, unclipped.
 
     The FGSM search's grid-then-bisection (:func:`~robustbench_jr.attacks.fgsm.smallest_fooling_eps`,
     ``config`` defaults to :class:`FGSMConfig`'s); 0 when ``x`` is already misclassified, None when
@@ -182,7 +231,7 @@ def fgsm_eps_on_line(model: nn.Module, x: torch.Tensor, direction: torch.Tensor,
     with eval_mode(model), torch.no_grad():
         if int(model(x).argmax(1)[0]) != int(label):
             return 0.0
-        eps, _ = smallest_fooling_eps(model, x, y, direction, config, clip=False)
+        eps, _ = smallest_fooling_eps(model, x, y, direction, config, clip=box)
     e = float(eps[0])
     return e if np.isfinite(e) else None
 
@@ -221,7 +270,7 @@ def cross_sections(models: Union[nn.Module, Sequence[nn.Module]], x: torch.Tenso
                    plane: str = "random", *, names: Optional[Sequence[str]] = None,
                    sources: Optional[Sequence[str]] = None, radius: Optional[float] = None, resolution: int = 201,
                    seed: int = 0, angles: int = 120, index: int = 0, sample_id: Optional[int] = None,
-                   fgsm: Optional[FGSMConfig] = None) -> CellsResult:
+                   fgsm: Optional[FGSMConfig] = None, box: bool = True) -> CellsResult:
     """Cross sections of every model on one shared plane through the sample ``x``.
 
     ``models``: one pixel-space ``nn.Module`` (inputs in [0, 1], logits out) or several,
@@ -234,6 +283,8 @@ def cross_sections(models: Union[nn.Module, Sequence[nn.Module]], x: torch.Tenso
     points); ``resolution``: grid points per side; ``angles``: rays of the boundary
     search. ``names``/``sources`` label the panels; ``index``/``sample_id`` label the
     sample (file names, titles). ``fgsm``: the ε search's grid (FGSM search defaults).
+    ``box``: the model sees the points clipped to [0, 1], as the searches do (default);
+    ``False`` for the geometric cross section (see the module docstring).
     """
     _check_options(plane, radius, resolution)
     models = [models] if isinstance(models, nn.Module) else list(models)
@@ -286,14 +337,21 @@ def cross_sections(models: Union[nn.Module, Sequence[nn.Module]], x: torch.Tenso
             p = torch.softmax(centers[i].float(), dim=1)
             cc, cp = p.max(dim=1)
             center_pred, center_conf = int(cp[0]), float(cc[0])
-            bd = boundary_in_plane(m, x, u, v, center_pred, r_max if radius is None else radius * 1.5, angles)
+            bd, at = boundary_in_plane(m, x, u, v, center_pred, r_max if radius is None else radius * 1.5, angles,
+                                       box=box, with_point=True)
             panel = Panel(names[i], sources[i], np.zeros(0), np.zeros(0), center_pred, center_conf, bd)
+            if at is not None:
+                panel.boundary_l2 = clipped_distance(x, u, v, *at) if box else bd
             if marks[i] is not None:
-                eps = fgsm_eps_on_line(m, x, marks[i], y, fgsm)
+                eps = fgsm_eps_on_line(m, x, marks[i], y, fgsm, box=box)
                 panel.fgsm_eps = eps
                 if eps:
                     d = eps * marks[i]
                     panel.fgsm_point = (float((d * u).sum()), float((d * v).sum()))
+                    adv = (x + d).clamp(0.0, 1.0) if box else x + d
+                    panel.fgsm_l2 = float((adv - x).flatten().norm())
+                elif eps == 0.0:
+                    panel.fgsm_l2 = 0.0
             panels.append(panel)
         if radius is None:
             found = [p.boundary for p in panels if p.boundary is not None]
@@ -308,13 +366,15 @@ def cross_sections(models: Union[nn.Module, Sequence[nn.Module]], x: torch.Tenso
         B, A = torch.meshgrid(ct, ct, indexing="ij")  # row = b (direction 2), column = a (direction 1)
         A, B = A.reshape(-1), B.reshape(-1)
         for m, p in zip(models, panels):
-            pred, conf = _predict_plane(m, x, u, v, A, B)
+            pred, conf = _predict_plane(m, x, u, v, A, B, box=box)
             p.pred = pred.view(resolution, resolution).cpu().numpy()
             p.conf = conf.view(resolution, resolution).cpu().numpy()
+        outside = outside_fraction(x, u, v, A, B).view(resolution, resolution).cpu().numpy()
     img = x[0].cpu().numpy()
     img = img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
     return CellsResult(int(index), int(index if sample_id is None else sample_id), y, plane, radius, coords, img,
-                       axis_labels, n_classes, int(seed), panels, basis=(u.cpu(), v.cpu()))
+                       axis_labels, n_classes, int(seed), panels, basis=(u.cpu(), v.cpu()), box=bool(box),
+                       outside=outside)
 
 
 def _checkpoint_name(spec: str, card: dict) -> str:

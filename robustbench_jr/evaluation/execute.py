@@ -28,10 +28,11 @@ import yaml
 from safetensors.torch import save as _st_save
 
 from ..errors import ConfigError, InputError
-from ..jacobian import mean_jacobian_norm
 from ..runtime import SINGLE, Dist, EventHandler, emit, generator, hardware, now, versions
 from .metrics import SAMPLES_NOTE, order_violations, summarize
-from .plan import AuditPlan, ModelEntry, batch_key, batches, differences, search_config
+from . import jnorm
+from .best import best_rows, found_by
+from .plan import AuditPlan, ModelEntry, batch_key, batches, differences, search_config, search_settings
 from .store import ResultStore, RunLock
 
 #: (weaker, stronger) pairs checked for search-order violations, and the thresholds
@@ -78,13 +79,23 @@ def jacobian_norms(model, data, batch_size: int, device: torch.device,
                    owns: Callable[[int], bool] = lambda bi: True) -> torch.Tensor:
     """Exact per-sample ‖J(x)‖_F (pixel space, float64 [N]) over the batches ``owns`` accepts
     (0 elsewhere), batch by batch as the searches see them."""
-    out = torch.zeros(len(data), dtype=torch.float64)
-    for bi, sl in batches(len(data), batch_size):
-        if owns(bi):
-            _, per = mean_jacobian_norm(model, data.pixels(sl), batch_size=batch_size, device=device,
-                                        return_per_sample=True)
-            out[sl] = per.double()
-    return out
+    return jnorm.measure(model, data, batch_size, device, "exact", owns=owns)[0]
+
+
+def jacobian_summary(row: dict) -> Optional[dict]:
+    """A stored model row's ‖J‖_F measurement (:func:`.jnorm.summarize_norms`: method, N, both
+    spaces, standard errors) with the card's whole-test-set values under ``card``
+    (:func:`.jnorm.card_norms`). A row from before the measurement was stored whole reads
+    as an exact pixel-space mean over the row's N."""
+    if not row:
+        return None
+    j = row.get("jacobian")
+    if j is None:
+        if row.get("jacobian_norm") is None:
+            return None
+        j = {"method": "exact", "n": row.get("n"), "pixel": row.get("jacobian_norm"), "normalized": None,
+             "se_pixel": 0.0, "se_normalized": None}
+    return {**j, "card": jnorm.card_norms(row.get("card"))}
 
 
 def sanity_checks(model, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, str]]:
@@ -425,13 +436,28 @@ def _measure_model(run: _Run, m: ModelEntry) -> None:
     emit(run.on_event, "advance", name="audit", amount=0, description=f"{m.name}: clean / ‖J‖_F / noise")
     stored = {r["model"]: r for r in store.models()}.get(m.name)
     card = {**m.card, "checkpoint_sha256": m.weights_sha256, "data": d.provenance}
-    if stored is None or stored["clean_accuracy"] is None or stored["jacobian_norm"] is None:
+    shape = tuple(ds.input_shape)
+    classes = getattr(m.model, "num_classes", None) or m.card.get("num_classes")
+    if not classes and len(ds) and cfg.jacobian == "auto":
+        with torch.no_grad():
+            classes = int(m.model(ds.pixels(slice(0, 1), device=plan.device)).shape[1])
+    mode = jnorm.resolve_mode(cfg.jacobian, classes, int(np.prod(shape)) if shape else None)
+    want = {"method": mode, **({"n_proj": cfg.jacobian_projections} if mode == "estimate" else {})}
+    have = (stored or {}).get("jacobian") or ({"method": "exact"} if (stored or {}).get("jacobian_norm") is not None
+                                              else {})
+    if stored is None or stored["clean_accuracy"] is None or any(have.get(k) != v for k, v in want.items()):
         run.start_computing()
         acc = float(np.mean(np.asarray(m.clean_pred) == ds.labels.numpy()))
-        per = dist.all_reduce_sum(jacobian_norms(m.model, ds, cfg.batch_size, plan.device, dist.owns), plan.device)
+        if mode == "off":
+            summary = {"method": "off", "n": len(ds), "pixel": None, "normalized": None, "se_pixel": None,
+                       "se_normalized": None}
+        else:
+            per = dist.all_reduce_sum(jnorm.measure(m.model, ds, cfg.batch_size, plan.device, mode,
+                                                    cfg.jacobian_projections, cfg.seed, dist.owns), plan.device)
+            summary = jnorm.summarize_norms(per, mode, cfg.jacobian_projections)
         if dist.is_main:
-            run.writer.put_model(m.name, m.checkpoint, card, clean_accuracy=acc,
-                                 jacobian_norm=float(per.mean()), n=len(ds))
+            run.writer.put_model(m.name, m.checkpoint, card, clean_accuracy=acc, jacobian_norm=summary["pixel"],
+                                 n=len(ds), jacobian=summary)
     elif dist.is_main:
         run.writer.put_model(m.name, m.checkpoint, card)
     have = {round(s, 12) for s, _, _ in store.noise_accuracy(m.name)}
@@ -486,35 +512,54 @@ def _order_checks(run: _Run, m: ModelEntry) -> None:
         if weak in results and strong in results:
             v, c = order_violations(results[weak]["l2"], results[strong]["l2"])
             if c and v / c > ORDER_MAX_FRACTION:
+                why = ("raw DeepFool (the papers' protocol) returns its first fooling iterate, which can lie "
+                       "far past the boundary; 'best' takes the smaller distance per sample, and "
+                       "'searches: {deepfool: {refine: true}}' bisects back to the boundary"
+                       if strong == "deepfool" and not search_config(m.searches[strong]).get("refine") else
+                       f"{strong} is probably under-budgeted or the model masks gradients; its distances "
+                       "overstate robustness")
                 run.warn(m.name, "search-order",
                          f"{weak} found a closer fooling point than {strong} on {v} of {c} samples "
-                         f"({v / c:.0%}) that both fooled: {strong} is probably under-budgeted or the "
-                         "model masks gradients; its distances overstate robustness")
+                         f"({v / c:.0%}) that both fooled: {why}")
 
 
 def summarize_run(store: ResultStore, models: Optional[Sequence[str]] = None,
                   searches: Optional[Sequence[str]] = None) -> dict:
-    """The run's summary from stored rows: per model clean accuracy, ‖J‖_F, noise accuracy
-    and per search :func:`.metrics.summarize`."""
+    """The run's summary from stored rows: per model clean accuracy, ‖J‖_F (:func:`jacobian_summary`),
+    noise accuracy, per search :func:`.metrics.summarize` with its ``protocol``
+    (:func:`.plan.protocol`), ``search_settings`` (each search's resolved config and protocol)
+    and ``best``: the summary of the per-sample best known distance over the searches
+    (:mod:`.best`; ``found_by``: how many samples each search holds it for), the headline."""
     meta = store.meta()
     rows = {r["model"]: r for r in store.models()}
     names = list(models) if models is not None else list(rows)
+    settings = search_settings(meta)
     out_models = []
     for name in names:
         r = rows.get(name, {})
         snames = list(searches) if searches is not None else store.searches(name)
         per = {}
+        cols = {}
         for s in snames:
-            res = store.results(name, s)
+            res = cols[s] = store.results(name, s)
             per[s] = summarize(res["l2"], res["x_norm"], res["fooled"])
+            per[s]["protocol"] = settings.get(name, {}).get(s, {}).get("protocol")
+        best = None
+        if cols and any(len(c["l2"]) for c in cols.values()):
+            b = best_rows(cols, snames)
+            best = {**summarize(b["l2"], b["x_norm"], b["fooled"]), "protocol": f"best of {', '.join(snames)}",
+                    "over": list(snames), "found_by": found_by(b)}
         out_models.append({
             "name": name,
             "checkpoint": r.get("checkpoint"),
             "dataset": (r.get("card") or {}).get("dataset"),
             "clean_accuracy": r.get("clean_accuracy"),
             "jacobian_norm": r.get("jacobian_norm"),
+            "jacobian": jacobian_summary(r),
             "noise_accuracy": [{"sigma": s, "accuracy": a, "n": n} for s, a, n in store.noise_accuracy(name)],
+            "best": best,
             "searches": per,
+            "search_settings": settings.get(name, {}),
         })
     return {"run_dir": None if store.run_dir is None else str(store.run_dir), "models": out_models,
             "warnings": meta.get("warnings", []), "metrics_note": SAMPLES_NOTE}

@@ -35,9 +35,11 @@ from ..runtime import derive_seed
 ALL_SEARCHES = ("noise", "fgsm", "pgd", "cw", "deepfool", "jsma")
 #: largest n for which the bundled MNIST slice (first 1,000 test images) can stand in
 BUNDLED_MNIST_SIZE = 1000
-#: config fields left out of a run's identity: ``device`` only places the work, and
-#: ``budget``/``searches`` count through the resolved per-search configs instead
-NOT_IN_IDENTITY = ("device", "budget", "searches")
+#: config fields left out of a run's identity: ``device`` only places the work,
+#: ``budget``/``searches`` count through the resolved per-search configs instead, and
+#: ``jacobian``/``jacobian_projections`` decide a per-model measurement that is stored with
+#: its method and redone when another one is asked for (they decide no stored row)
+NOT_IN_IDENTITY = ("device", "budget", "searches", "jacobian", "jacobian_projections")
 #: config fields in a run's identity only when set (the model and image-folder options), so
 #: that adding them left the identity of every run that does not use them as it was
 OPTIONAL_IN_IDENTITY = ("arch_kwargs", "num_classes", "mean", "std", "input_size", "image_size", "resize", "crop")
@@ -393,6 +395,63 @@ def build_searches(config: Any, models: list[ModelEntry], data: dict[str, DataEn
             if key not in cache:
                 cache[key] = factory(name, over or None)
             m.searches[name] = cache[key]
+
+
+def paper_config(name: str, dataset: Optional[str] = None) -> Optional[dict]:
+    """The papers' protocol of search ``name`` as a resolved config: the search's defaults,
+    with PGD's saturation box of ``dataset`` (32/255 MNIST-like, 16/255 CIFAR-like).
+    None for a search that is not registered."""
+    cls = SEARCHES.get(name)
+    if cls is None:
+        return None
+    cfg = to_dict(cls.Config())
+    if name == "pgd" and dataset is not None:
+        try:
+            sat = get_dataset_info(dataset).pgd_saturation
+        except ConfigError:  # an in-memory dataset without registry entry
+            sat = None
+        if sat is not None:
+            cfg["saturation"] = sat
+    return cfg
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return {True: "true", False: "false", None: "null"}[v]
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def protocol(name: str, config: dict, dataset: Optional[str] = None) -> str:
+    """Which protocol a search's numbers used, in words: ``paper`` (its resolved ``config``
+    equals :func:`paper_config`; ``default`` for a search outside the papers' six, whose
+    defaults are its own), else the departures, named ``refined (...)`` for a DeepFool with
+    boundary refinement, ``quick (...)`` for exactly the quick budget's overrides and
+    ``custom (...)`` otherwise, each listing ``key=value`` of what differs from the defaults."""
+    paper = paper_config(name, dataset)
+    if paper is None:
+        return "custom"
+    diffs = {k: v for k, v in config.items() if k in paper and paper[k] != v}
+    if not diffs:
+        return "paper" if name in ALL_SEARCHES else "default"
+    if name == "deepfool" and diffs.get("refine") is True:
+        kind = "refined"
+    elif diffs == BUDGETS["quick"].get(name):
+        kind = "quick"
+    else:
+        kind = "custom"
+    return f"{kind} ({', '.join(f'{k}={_short(v)}' for k, v in diffs.items())})"
+
+
+def search_settings(meta: dict) -> dict[str, dict[str, dict]]:
+    """Per model and search of a stored run (its ``identity`` meta): ``{"config": resolved
+    config, "protocol": :func:`protocol`}``. Empty for a run that recorded no identity."""
+    out: dict[str, dict[str, dict]] = {}
+    for m in (meta.get("identity") or {}).get("models") or []:
+        out[m.get("name")] = {s: {"config": dict(c or {}), "protocol": protocol(s, dict(c or {}), m.get("dataset"))}
+                              for s, c in (m.get("searches") or {}).items()}
+    return out
 
 
 def resolved_config(config: Any, models: list[ModelEntry], checkpoints_out: Optional[list[str]] = None) -> dict:

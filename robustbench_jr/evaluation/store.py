@@ -7,7 +7,10 @@ with +inf for "not fooled within budget" and 0 for "already misclassified".
 Tables
 ------
 meta(key PRIMARY KEY, value)                 JSON values: config, seed, versions, device
-models(model PRIMARY KEY, checkpoint, card, clean_accuracy, jacobian_norm, n)
+models(model PRIMARY KEY, checkpoint, card, clean_accuracy, jacobian_norm, n, jacobian)
+                                             jacobian_norm: mean ‖J‖_F in pixel space;
+                                             jacobian: JSON of the whole measurement (method, N,
+                                             both spaces, standard errors; .jnorm)
 noise_accuracy(model, sigma, accuracy, n)    accuracy under clipped N(0, σ²) noise
 batches(model, search, batch_key)            finished batches (for resume)
 results(model, search, sample_id, label, clean_pred, adv_pred, fooled,
@@ -27,6 +30,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from ..errors import InputError
+from .best import BEST, best_rows
 
 DB_NAME = "results.sqlite"
 
@@ -34,7 +38,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (
     model TEXT PRIMARY KEY, checkpoint TEXT NOT NULL, card TEXT NOT NULL,
-    clean_accuracy REAL, jacobian_norm REAL, n INTEGER);
+    clean_accuracy REAL, jacobian_norm REAL, n INTEGER, jacobian TEXT);
 CREATE TABLE IF NOT EXISTS noise_accuracy (
     model TEXT NOT NULL, sigma REAL NOT NULL, accuracy REAL NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (model, sigma));
@@ -117,6 +121,8 @@ class ResultStore:
             self.conn = sqlite3.connect(str(self.path))
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.executescript(_SCHEMA)
+            if "jacobian" not in self._model_columns():  # a store written before the column existed
+                self.conn.execute("ALTER TABLE models ADD COLUMN jacobian TEXT")
             self.conn.commit()
 
     def close(self) -> None:
@@ -139,20 +145,32 @@ class ResultStore:
         return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
 
     # ---- models -----------------------------------------------------------
+    def _model_columns(self) -> list[str]:
+        return [r[1] for r in self.conn.execute("PRAGMA table_info(models)")]
+
     def put_model(self, model: str, checkpoint: str, card: dict, clean_accuracy: Optional[float] = None,
-                  jacobian_norm: Optional[float] = None, n: Optional[int] = None) -> None:
+                  jacobian_norm: Optional[float] = None, n: Optional[int] = None,
+                  jacobian: Optional[dict] = None) -> None:
+        """Insert or update a model's row; None leaves a stored value as it is, except that a
+        new ``jacobian`` measurement replaces the stored one together with ``jacobian_norm``."""
         with self.conn:
             self.conn.execute(
-                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
+                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
                 "checkpoint=excluded.checkpoint, card=excluded.card, "
                 "clean_accuracy=COALESCE(excluded.clean_accuracy, clean_accuracy), "
-                "jacobian_norm=COALESCE(excluded.jacobian_norm, jacobian_norm), n=COALESCE(excluded.n, n)",
-                (model, checkpoint, json.dumps(card, default=str), clean_accuracy, jacobian_norm, n))
+                "jacobian_norm=CASE WHEN excluded.jacobian IS NOT NULL THEN excluded.jacobian_norm "
+                "ELSE COALESCE(excluded.jacobian_norm, jacobian_norm) END, n=COALESCE(excluded.n, n), "
+                "jacobian=COALESCE(excluded.jacobian, jacobian)",
+                (model, checkpoint, json.dumps(card, default=str), clean_accuracy, jacobian_norm, n,
+                 None if jacobian is None else json.dumps(jacobian)))
 
     def models(self) -> list[dict]:
-        cur = self.conn.execute("SELECT model, checkpoint, card, clean_accuracy, jacobian_norm, n FROM models ORDER BY rowid")
-        return [dict(model=m, checkpoint=c, card=json.loads(card), clean_accuracy=a, jacobian_norm=j, n=n)
-                for m, c, card, a, j, n in cur]
+        jac = "jacobian" if "jacobian" in self._model_columns() else "NULL"
+        cur = self.conn.execute(f"SELECT model, checkpoint, card, clean_accuracy, jacobian_norm, n, {jac} FROM models "
+                                "ORDER BY rowid")
+        return [dict(model=m, checkpoint=c, card=json.loads(card), clean_accuracy=a, jacobian_norm=j, n=n,
+                     jacobian=None if jd is None else json.loads(jd))
+                for m, c, card, a, j, n, jd in cur]
 
     def put_noise_accuracy(self, model: str, rows: Iterable[tuple[float, float, int]]) -> None:
         with self.conn:
@@ -188,14 +206,16 @@ class ResultStore:
         src = sqlite3.connect(f"file:{other}?mode=ro", uri=True)
         try:
             meta = {k: json.loads(v) for k, v in src.execute("SELECT key, value FROM meta")}
-            models = src.execute("SELECT model, checkpoint, card, clean_accuracy, jacobian_norm, n FROM models").fetchall()
+            jac = "jacobian" if "jacobian" in [r[1] for r in src.execute("PRAGMA table_info(models)")] else "NULL"
+            models = src.execute(f"SELECT model, checkpoint, card, clean_accuracy, jacobian_norm, n, {jac} "
+                                 "FROM models").fetchall()
             noise = src.execute("SELECT * FROM noise_accuracy").fetchall()
             batches = src.execute("SELECT * FROM batches").fetchall()
             results = src.execute("SELECT * FROM results").fetchall()
         finally:
             src.close()
-        for m, c, card, a, j, n in models:
-            self.put_model(m, c, json.loads(card), a, j, n)
+        for m, c, card, a, j, n, jd in models:
+            self.put_model(m, c, json.loads(card), a, j, n, None if jd is None else json.loads(jd))
         with self.conn:
             self.conn.executemany("INSERT OR REPLACE INTO noise_accuracy VALUES (?, ?, ?, ?)", noise)
             self.conn.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", results)
@@ -207,7 +227,16 @@ class ResultStore:
             "SELECT DISTINCT search FROM results WHERE model=? ORDER BY rowid", (model,))]
 
     def results(self, model: str, search: str) -> dict[str, np.ndarray]:
-        """Columns of the stored rows for (model, search), ordered by sample_id."""
+        """Columns of the stored rows for (model, search), ordered by sample_id.
+
+        ``search = "best"`` (:data:`.best.BEST`) gives the per-sample best known distance
+        over every stored search of ``model``, with the extra columns ``search`` (which one
+        found it) and ``n_searches`` (:func:`.best.best_rows`)."""
+        if search == BEST:
+            names = self.searches(model)
+            if not names:
+                return self.results(model, "")  # no rows: empty columns
+            return best_rows({s: self.results(model, s) for s in names}, names)
         cur = self.conn.execute(
             f"SELECT {', '.join(RESULT_COLUMNS)} FROM results WHERE model=? AND search=? ORDER BY sample_id",
             (model, search))

@@ -3,7 +3,8 @@
 Modules, each importing only those before it: :mod:`.checks` (a table's checks as gate
 rules) → :mod:`.spec` (the table.yaml format) → :mod:`.configs` (the runs' training
 configs, validation of an experiments directory) → :mod:`.runner` (train and evaluate
-runs) → :mod:`.render` (numbers, checks, table.md/json) → :mod:`.pipeline` (a whole table).
+runs) → :mod:`.render` (numbers, checks, table.md/json) → :mod:`.verify` (a recorded
+table.json re-checked against the cards present) → :mod:`.pipeline` (a whole table).
 """
 
 from .configs import Scaling, build_run_config, validate_experiments

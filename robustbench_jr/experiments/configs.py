@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..config import read_yaml
+from ..config import given, read_yaml, to_dict
 from ..errors import ConfigError
+from ..evaluation.plan import short_hash
 from ..training import TrainConfig
 from ..training.config import FINETUNE_DEFAULTS, build_train_config
 from .spec import TABLE_FILE, Catalog, RunSpec, TableSpec, load_table, table_dirs
@@ -113,7 +114,7 @@ def build_run_config(cat: Catalog, table: TableSpec, run: RunSpec, device: Optio
         pt, pr = cat.resolve(table, run.finetune_from)
         parent = build_run_config(cat, pt, pr)
         base = {"model": parent.model, "dataset": parent.dataset}
-    cli_layer = {"device": device, "data_root": data_root}
+    cli_layer = given({"device": device, "data_root": data_root})  # None: not given (no override)
     cfg = build_train_config([base, file_layer, cli_layer], where=f"training config {str(path)!r}",
                              finetune=run.finetune_from is not None)
     if scaling is not None:
@@ -125,6 +126,16 @@ def build_run_config(cat: Catalog, table: TableSpec, run: RunSpec, device: Optio
 def _comparable(cfg_dict: dict) -> dict:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return {k: v for k, v in cfg_dict.items() if k in names and k not in EXECUTION_ONLY}
+
+
+def config_hash(cfg_dict: dict) -> str:
+    """The hash of a run's training config (:func:`~robustbench_jr.evaluation.plan.short_hash`
+    of the fields that change results and differ from TrainConfig's defaults,
+    :data:`EXECUTION_ONLY` left out): equal for the config a table plans and the
+    ``training`` section of the card it produced, and unchanged when TrainConfig gains a
+    field whose default keeps the old behaviour."""
+    defaults = _comparable(to_dict(TrainConfig()))
+    return short_hash({k: v for k, v in _comparable(cfg_dict).items() if k not in defaults or defaults[k] != v})
 
 
 def config_differences(old: dict, new: dict) -> list[str]:

@@ -6,6 +6,7 @@ The one module that uses both, so that the runner never needs the renderer."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from ..errors import ConfigError
 from ..runtime import emit
@@ -13,6 +14,7 @@ from .configs import Scaling  # noqa: F401  (re-exported for callers of run_tabl
 from .render import collect, write_outputs
 from .runner import Runner, RunnerOptions
 from .spec import TABLE_FILE, load_table, table_dirs
+from .verify import load_recorded, verify
 
 
 def run_table(runner: Runner, table_dir: str | Path) -> dict:
@@ -36,6 +38,20 @@ def run_table(runner: Runner, table_dir: str | Path) -> dict:
     data = collect(runner, table)
     write_outputs(runner, table, data)
     return data
+
+
+def verify_table(table_dir: str | Path, options: RunnerOptions, against: Optional[str | Path] = None) -> dict:
+    """Re-check the recorded table.json ``against`` (default: ``docs/reproduction/<table>.json``)
+    against the cards and audits under ``options.results`` (:func:`.verify.verify`); nothing is
+    trained or attacked."""
+    p = Path(table_dir)
+    if not (p / TABLE_FILE).is_file():
+        raise ConfigError(f"{p} is not an experiment table (no {TABLE_FILE})")
+    table = load_table(p)
+    runner = Runner(p.resolve().parent, options)
+    runner.cat.add(table)
+    recorded = load_recorded(against if against is not None else Path("docs/reproduction") / f"{table.name}.json")
+    return verify(runner, table, recorded)
 
 
 def run_tables(root_or_table: str | Path, options: RunnerOptions, all_tables: bool = False) -> list[dict]:

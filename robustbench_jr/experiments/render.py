@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -16,10 +17,13 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
+from .._version import __version__
 from ..attacks import SEARCHES
+from ..config import to_dict
 from ..errors import InputError
 from ..evaluation import metrics
 from ..evaluation.audit import summarize_run
+from ..evaluation.best import BEST
 from ..evaluation.store import ResultStore
 from ..models import NORMALIZATIONS
 from ..models.checkpoint import sha256_file
@@ -28,6 +32,7 @@ from ..reports.runs import card_n_inputs
 from ..reports.tables import jsonable
 from ..runtime import now
 from .checks import FAIL, PASS, PENDING, _fmt, _telling_digits, evaluate_check  # noqa: F401
+from .configs import config_hash
 from .runner import AUDIT_DIR, Runner, _read_card, build_run_config, hardware, hardware_line, read_eval
 from .spec import AUDIT_KEYS, CARD_METRICS, EVAL_METRICS, TableSpec, audit_metric
 
@@ -44,7 +49,8 @@ def audit_metrics(adir: Path, weights_sha: Optional[str], extra: tuple = ()) -> 
     """Metrics of the one-model audit in ``adir`` and its state (complete | partial | stale | missing).
 
     Per model: ``audit.clean_accuracy``, ``audit.jacobian_norm``, ``audit.noise_accuracy@SIGMA``
-    for every stored σ; per search ``audit.SEARCH.KEY`` for :data:`~.spec.AUDIT_KEYS`; and the
+    for every stored σ; per search (and ``best``, the per-sample best known distance over the
+    searches) ``audit.SEARCH.KEY`` for :data:`~.spec.AUDIT_KEYS`; and the
     column metrics ``extra`` (``audit.…`` names), all computed by the metric registry."""
     if not (adir / "results.sqlite").is_file():
         return {}, "missing"
@@ -66,7 +72,7 @@ def audit_metrics(adir: Path, weights_sha: Optional[str], extra: tuple = ()) -> 
                                    np.array([row["accuracy"] for row in noise]) if noise else None)
         wanted = [(n, None, ()) for n in ("clean_accuracy", "jacobian_norm")]
         wanted += [("noise_accuracy", None, (float(row["sigma"]),)) for row in noise]
-        searches = list(s.get("searches") or {})
+        searches = list(s.get("searches") or {}) + ([BEST] if s.get("best") else [])  # best: the per-sample minimum
         wanted += [(k, search, ()) for search in searches for k in AUDIT_KEYS]
         wanted += [am for am in map(audit_metric, extra) if am is not None and (am[1] is None or am[1] in searches)]
         samples = {search: metrics.Samples.of(store.results(name, search), card_n_inputs(models[0].get("card")))
@@ -79,6 +85,32 @@ def audit_metrics(adir: Path, weights_sha: Optional[str], extra: tuple = ()) -> 
                 v = None  # not stored for this run (e.g. no clean accuracy, no input_shape for L0)
             out[key] = int(v) if v is not None and metrics.get(n).count and math.isfinite(v) else v
     return out, ("complete" if state == "complete" else state)
+
+
+def audit_config_hash(adir: Path) -> Optional[str]:
+    """The config hash (run identity) of the audit stored in ``adir`` (None without one)."""
+    if not (adir / "results.sqlite").is_file():
+        return None
+    with ResultStore(adir, readonly=True) as store:
+        return store.meta().get("config_hash")
+
+
+def source_provenance() -> dict:
+    """Which code wrote a table: the package version and, when it runs from a git checkout,
+    the commit and whether tracked files differ from it (``dirty``)."""
+    out: dict = {"package_version": __version__, "commit": None, "dirty": None}
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        if sha.returncode == 0:
+            out["commit"] = sha.stdout.strip()
+            st = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+            out["dirty"] = bool(st.stdout.strip()) if st.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
 
 
 def metric_value(metrics: dict, metric: str) -> Optional[float]:
@@ -125,8 +157,10 @@ def collect(runner: Runner, table: TableSpec) -> dict:
             elif card is not None:
                 notes.append(f"accuracy on {r.domain_shift} pending")
         audit_state = None
+        audit_hash = None
         if r.audit is not None and card is not None:
             am, audit_state = audit_metrics(edir / AUDIT_DIR, sha, tuple(c.metric for c in table.columns))
+            audit_hash = audit_config_hash(edir / AUDIT_DIR)
             if audit_state == "stale":
                 notes.append("audit was run on other weights; rerun the table to redo it")
                 am = {}
@@ -145,6 +179,12 @@ def collect(runner: Runner, table: TableSpec) -> dict:
             how += f" (post-processing of {tr.finetune_from})"
         rows.append({
             "name": r.name, "label": r.label, "status": status, "source": how, "checkpoint": str(ckpt),
+            # provenance: the numbers can be checked against the card without retraining
+            # (`jr-train table --verify`): the planned config's hash, the trained card's, its metrics
+            "config_hash": config_hash(to_dict(runner.config(table, r))),
+            "card_config_hash": config_hash(card.get("training") or {}) if card is not None else None,
+            "card_metrics": dict(card.get("metrics") or {}) if card is not None else None,
+            "weights_sha256": sha, "audit_config_hash": audit_hash,
             "steps": metrics.get("steps"), "full_steps": full_steps,
             "steps_planned": runner.config(table, r).steps, "paper_steps": r.paper_steps,
             "train_wall_time_s": metrics.get("wall_time_s"),
@@ -158,7 +198,7 @@ def collect(runner: Runner, table: TableSpec) -> dict:
             "results_dir": str(runner.out_dir(table)), "scaling": runner.opt.scaling.describe(),
             "scaled": not runner.opt.scaling.is_full, "hardware": hardware(),
             "columns": [c.__dict__ for c in table.columns], "runs": rows, "checks": checks,
-            "pivot": table.pivot, "generated": now(),
+            "pivot": table.pivot, "generated": now(), "provenance": source_provenance(),
             "command": " ".join(["jr-train"] + sys.argv[1:]) if sys.argv and "jr-train" in sys.argv[0] else None}
 
 
@@ -212,9 +252,14 @@ def markdown(data: dict, table: TableSpec) -> str:
     if data["scaled"]:
         lines += [f"> **Scaled run ({data['scaling']}).** A smoke/CPU run of the tooling: its numbers are not "
                   f"comparable with the paper's, and its checks say nothing about the reproduction.", ""]
+    prov = data.get("provenance") or {}
+    commit = prov.get("commit")
     lines += [f"- Results directory: `{data['results_dir']}` ({data['scaling']})",
               f"- Hardware of this invocation: {hardware_line(data['hardware'])}",
-              f"- Written {data['generated']}" + (f" by `{data['command']}`" if data.get("command") else ""), ""]
+              f"- Written {data['generated']}" + (f" by `{data['command']}`" if data.get("command") else ""),
+              f"- Code: robustbench-jr {prov.get('package_version', '?')}, commit "
+              + (f"`{commit}`" + (" (with uncommitted changes)" if prov.get("dirty") else "") if commit
+                 else "unknown (not a git checkout)"), ""]
 
     lines += ["## Results", ""]
     with_paper = {c.key for c in cols if any(r["cells"][c.key]["paper"] is not None for r in data["runs"])}
@@ -286,6 +331,18 @@ def markdown(data: dict, table: TableSpec) -> str:
         extras.append(f"- Figure: `{f}`")
     if extras:
         lines += ["## Figures", ""] + extras + [""]
+    lines += ["## Provenance", "",
+              "Each run's training-config hash (of the table's resolved config, and of the card's `training` "
+              "section), its weights and the card's metrics are in table.json; `jr-train table --verify` re-checks "
+              "these numbers against the cards present, without retraining.", "",
+              "| Run | Config hash | Card's config hash | Weights (sha256) | Audit config hash |",
+              "|---|---|---|---|---|"]
+    for row in data["runs"]:
+        lines.append(f"| {_md(row['label'])} | `{row.get('config_hash') or '–'}` | "
+                     f"`{row.get('card_config_hash') or '–'}` | "
+                     f"{('`' + row['weights_sha256'][:16] + '…`') if row.get('weights_sha256') else '–'} | "
+                     f"`{row.get('audit_config_hash') or '–'}` |")
+    lines.append("")
     lines += ["## Columns", ""]
     for c in cols:
         what = CARD_METRICS.get(c.metric) or EVAL_METRICS.get(c.metric) or c.metric
@@ -362,11 +419,24 @@ def write_outputs(runner: Runner, table: TableSpec, data: dict) -> None:
                 data.setdefault("figures", []).append(str(p))
         except Exception as exc:
             runner.warn(f"training curves not drawn: {type(exc).__name__}: {exc}")
-    for name, text in (("table.md", markdown(data, table)),
-                       ("table.json", json.dumps(jsonable(data), indent=2, ensure_ascii=False))):
+    files = (("table.md", markdown(data, table)),
+             ("table.json", json.dumps(jsonable(data), indent=2, ensure_ascii=False) + "\n"))
+    for name, text in files:
         tmp = out / (name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out / name)
+    docs = runner.opt.docs
+    if docs is not None:
+        if data["scaled"]:
+            runner.warn(f"table {table.name} is a scaled run ({data['scaling']}): not copied to {docs}")
+        else:
+            Path(docs).mkdir(parents=True, exist_ok=True)
+            for name, text in files:
+                target = Path(docs) / f"{table.name}{Path(name).suffix}"
+                tmp = target.with_name(target.name + ".tmp")
+                tmp.write_text(text, encoding="utf-8")
+                os.replace(tmp, target)
+            runner.say("written", f"table {table.name} copied to {Path(docs) / table.name}.md and .json")
     acc = [c for c in data["checks"] if c["acceptance"]]
     summary = ", ".join(f"{c['name']}: {c['status']}" for c in acc) or "no acceptance checks"
     runner.say("written", f"table {out / 'table.md'} — {summary}")

@@ -70,6 +70,9 @@ class RunnerOptions:
     progress: bool = True
     #: receives the runner's messages and the training and audit progress events
     on_event: Optional[EventHandler] = None
+    #: also copy each written table.md / table.json to DOCS/<table>.md / DOCS/<table>.json
+    #: (full, unscaled tables only; e.g. docs/reproduction)
+    docs: Optional[Path] = None
 
 
 def results_dir(results: Path, table: str, scaling: Scaling, training_only: bool = False) -> Path:

@@ -113,6 +113,10 @@ def render_html(summary: dict, figures: list[ReportFigure], svgs: dict[str, byte
     colors = [color_of.get(r["checkpoint"], "#666") for r in summary["searches"]]
     parts += ["<h2>Fooling distances and ρ̂<sub>adv</sub></h2>", _table(head, body, colors),
               f"<p class='caption'>{_e(tables.SEARCH_CAPTION)}</p>"]
+    head, body = tables.settings_rows(summary)
+    if body:
+        parts += ["<h2>Search settings</h2>", _table(head, body, left=5),
+                  f"<p class='caption'>{_e(tables.SETTINGS_CAPTION)}</p>"]
 
     for key, heading in SECTIONS:
         figs = [f for f in figures if f.section == key]

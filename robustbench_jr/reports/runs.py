@@ -9,19 +9,24 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
+from ..evaluation.best import BEST, best_rows
+from ..evaluation.execute import jacobian_summary
+from ..evaluation.plan import search_settings
 from ..evaluation.store import ResultStore
 
 #: display names of the searches of DESIGN.md (unknown names are shown as stored)
 SEARCH_LABELS = {
     "noise": "white noise", "white_noise": "white noise", "whitenoise": "white noise",
     "fgsm": "FGSM", "pgd": "PGD", "cw": "CW L2", "cw_l2": "CW L2", "deepfool": "DeepFool", "jsma": "JSMA",
+    BEST: "best known",
 }
 #: fixed colour per search so that every per-checkpoint figure reads the same way
 SEARCH_COLORS = {
     "white noise": "#8c8c8c", "FGSM": "#e6a000", "PGD": "#d1495b", "CW L2": "#3b4cc0",
-    "DeepFool": "#2a9d8f", "JSMA": "#8e44ad",
+    "DeepFool": "#2a9d8f", "JSMA": "#8e44ad", "best known": "#111111",
 }
-#: searches listed in this order (weakest → strongest), others after them
+#: searches listed in this order (weakest → strongest), others after them; the best known
+#: distance (the per-sample minimum over the searches) last
 SEARCH_ORDER = ["noise", "white_noise", "whitenoise", "fgsm", "pgd", "cw", "cw_l2", "deepfool", "jsma"]
 
 
@@ -42,6 +47,8 @@ def search_kind(name: str) -> str:
 def order_searches(names) -> list[str]:
     def key(s):
         low = s.lower()
+        if low == BEST:
+            return (len(SEARCH_ORDER) + 1, s)
         return (SEARCH_ORDER.index(low) if low in SEARCH_ORDER else len(SEARCH_ORDER), s)
     return sorted(set(names), key=key)
 
@@ -68,13 +75,24 @@ class ModelData:
     clean_accuracy: Optional[float]
     jacobian_norm: Optional[float]
     n: Optional[int]
-    results: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    results: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # "best" included
     noise: list[tuple[float, float, int]] = field(default_factory=list)
     label: str = ""
+    #: the ‖J‖_F measurement (method, N, both spaces, standard errors) and the card's values
+    jacobian: Optional[dict] = None
+    #: per search: its resolved ``config`` and ``protocol`` (:func:`~robustbench_jr.evaluation.plan.search_settings`)
+    settings: dict = field(default_factory=dict)
+    #: the fingerprint of the test samples the model was audited on ("" when not recorded)
+    data_fingerprint: str = ""
 
     @property
     def searches(self) -> list[str]:
         return list(self.results)
+
+    @property
+    def run_searches(self) -> list[str]:
+        """The searches that ran (without the derived best known distance)."""
+        return [s for s in self.results if s != BEST]
 
     @property
     def n_inputs(self) -> Optional[int]:
@@ -118,11 +136,18 @@ def load_run(run_dir: str | Path, name: Optional[str] = None) -> RunData:
     with ResultStore(run_dir, readonly=True) as store:
         meta = store.meta()
         run = RunData(run_dir=run_dir, name=name or run_dir.resolve().name, meta=meta, models=[])
+        settings = search_settings(meta)
+        fingerprints = {m.get("name"): m.get("data", "") for m in (meta.get("identity") or {}).get("models") or []}
         for row in store.models():
             md = ModelData(run=run, name=row["model"], checkpoint=row["checkpoint"], card=row["card"] or {},
-                           clean_accuracy=row["clean_accuracy"], jacobian_norm=row["jacobian_norm"], n=row["n"])
-            for s in order_searches(store.searches(row["model"])):
+                           clean_accuracy=row["clean_accuracy"], jacobian_norm=row["jacobian_norm"], n=row["n"],
+                           jacobian=jacobian_summary(row), settings=settings.get(row["model"], {}),
+                           data_fingerprint=fingerprints.get(row["model"]) or "")
+            names = order_searches(s for s in store.searches(row["model"]) if s != BEST)
+            for s in names:
                 md.results[s] = store.results(row["model"], s)
+            if md.results:
+                md.results[BEST] = best_rows(md.results, names)
             md.noise = [(float(s), float(a), int(k)) for s, a, k in store.noise_accuracy(row["model"])]
             run.models.append(md)
     if not run.models:

@@ -14,17 +14,22 @@ from typing import Any, Optional
 
 from ..errors import InputError
 from ..evaluation import metrics
+from ..evaluation.best import BEST, found_by
 from .runs import RunData, all_models, search_kind, search_label
 
 CHECKPOINT_CAPTION = (
-    "Clean test accuracy and mean Frobenius norm of the input–output Jacobian ‖J‖_F "
-    "(pixel space) per checkpoint, as stored by the audit; N = samples evaluated."
+    "Clean test accuracy and mean Frobenius norm of the input–logit Jacobian ‖J‖_F per checkpoint, as stored "
+    "by the audit over its N samples, w.r.t. the [0,1] pixel input and w.r.t. the normalised input "
+    "(x − mean)/std (Hoffman et al.'s space), exact or estimated by random projections (± standard error); "
+    "beside them the checkpoint card's values over the whole test set (its N)."
 )
 SEARCH_CAPTION = (
     "Per checkpoint × search. ρ̂_adv = mean of ‖δ_i‖₂ / ‖x_i‖₂ over the samples the search fooled, "
     "already-misclassified samples included with δ = 0 (n_ρ says how many it averages; samples not fooled "
     "within the budget are excluded and counted under Not fooled). ρ̂_adv (attacked) leaves the clean "
-    "errors out. Success rate = fooled / N. Median/mean L2 (and L0 for JSMA) are over the same fooled samples."
+    "errors out. Success rate = fooled / N. Median/mean L2 (and L0 for JSMA) are over the same fooled samples. "
+    "Protocol: paper = the papers' protocol; otherwise what departs from it. best known = per sample the "
+    "smallest verified L2 over every search run (the headline estimate)."
 )
 
 #: the metrics whose definitions are written next to every table (summary.json "definitions")
@@ -33,7 +38,7 @@ DEFINED_METRICS = ("n", "already_misclassified", "success_rate", "not_fooled", "
 
 SEARCH_FIELDS = ["checkpoint", "run", "model", "search", "n", "n_fooled", "already_misclassified", "not_fooled",
                  "success_rate", "rho_adv", "rho_adv_attacked", "n_rho", "median_l2", "mean_l2", "median_l0",
-                 "mean_l0", "median_l0_frac", "clean_accuracy", "jacobian_norm"]
+                 "mean_l0", "median_l0_frac", "clean_accuracy", "jacobian_norm", "protocol"]
 
 
 def _meta_summary(meta: dict) -> dict:
@@ -67,20 +72,26 @@ def build_summary(runs: list[RunData]) -> dict:
             "checkpoint": m.label, "run": m.run.name, "model": m.name, "source": m.checkpoint,
             "architecture": m.card.get("architecture"), "dataset": m.card.get("dataset"),
             "clean_accuracy": m.clean_acc(), "jacobian_norm": m.jacobian_norm, "n": m.clean_n(),
+            "jacobian": m.jacobian,
             "searches": m.searches,
             "noise_accuracy": [{"sigma": s, "accuracy": a, "n": k} for s, a, k in m.noise],
         })
         for s, r in m.results.items():
             is_jsma = search_kind(s) == "jsma"
             summ = search_metrics(r, m.n_inputs if is_jsma else None, l0=is_jsma)
+            if s == BEST:
+                extra = {"protocol": f"best of {', '.join(m.run_searches)}", "found_by": found_by(r)}
+            else:
+                extra = {"protocol": (m.settings.get(s) or {}).get("protocol")}
             rows.append({"checkpoint": m.label, "run": m.run.name, "model": m.name, "search": s,
-                         "search_label": search_label(s), **summ,
+                         "search_label": search_label(s), **summ, **extra,
                          "clean_accuracy": m.clean_acc(), "jacobian_norm": m.jacobian_norm})
     return {
         "definitions": metrics.definitions(DEFINED_METRICS),
         "captions": {"checkpoints": CHECKPOINT_CAPTION, "searches": SEARCH_CAPTION},
         "runs": [{"name": r.name, "run_dir": str(r.run_dir), "meta": _meta_summary(r.meta),
-                  "models": [m.name for m in r.models]} for r in runs],
+                  "models": [m.name for m in r.models],
+                  "search_settings": {m.name: m.settings for m in r.models}} for r in runs],
         "checkpoints": checkpoints,
         "searches": rows,
     }
@@ -112,11 +123,49 @@ def _l0_cell(row: dict) -> str:
     return s
 
 
+def jacobian_cell(j: Optional[dict], space: str) -> str:
+    """``13.3 (exact, N=100)``, ``13.2 ± 0.13 (estimate, N=100)``, ``–``: a ‖J‖_F with its N."""
+    if not j or j.get(space) is None:
+        return "not measured" if j and j.get("method") == "off" else "–"
+    se = j.get(f"se_{space}")
+    pm = f" ± {fmt(se)}" if j.get("method") == "estimate" and se is not None else ""
+    n = j.get("n")
+    return f"{fmt(j[space])}{pm} ({j.get('method', 'exact')}, N={'?' if n is None else n})"
+
+
 def checkpoint_table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["Checkpoint", "Run", "Clean accuracy", "mean ‖J‖_F", "N", "Source"]
-    body = [[c["checkpoint"], c["run"], fmt(c["clean_accuracy"], "pct"), fmt(c["jacobian_norm"]),
-             fmt(c["n"], "int"), str(c["source"])] for c in summary["checkpoints"]]
+    head = ["Checkpoint", "Run", "Clean accuracy", "‖J‖_F pixel", "‖J‖_F normalised input",
+            "Card ‖J‖_F pixel / normalised (N)", "N", "Source"]
+    body = []
+    for c in summary["checkpoints"]:
+        j = c.get("jacobian") or ({"method": "exact", "pixel": c["jacobian_norm"], "n": c["n"]}
+                                  if c.get("jacobian_norm") is not None else None)
+        card = (j or {}).get("card")
+        card_cell = "–" if not card else (f"{fmt(card.get('pixel'))} / {fmt(card.get('normalized'))} "
+                                          f"(N={card.get('n') if card.get('n') is not None else '?'})")
+        body.append([c["checkpoint"], c["run"], fmt(c["clean_accuracy"], "pct"), jacobian_cell(j, "pixel"),
+                     jacobian_cell(j, "normalized"), card_cell, fmt(c["n"], "int"), str(c["source"])])
     return head, body
+
+
+def settings_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Each run's search settings: per run, model and search its protocol and resolved config."""
+    head = ["Run", "Model", "Search", "Protocol", "Config"]
+    body = []
+    for r in summary["runs"]:
+        for model, per in (r.get("search_settings") or {}).items():
+            for s, v in per.items():
+                cfg = ", ".join(f"{k}={_cfg_value(x)}" for k, x in (v.get("config") or {}).items())
+                body.append([r["name"], model, search_label(s), str(v.get("protocol") or "–"), cfg])
+    return head, body
+
+
+def _cfg_value(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return {True: "true", False: "false", None: "null"}[v]
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
 
 
 def search_table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
@@ -125,6 +174,7 @@ def search_table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
             "Median L2", "Mean L2"]
     if has_l0:
         head.append("Median L0 (JSMA)")
+    head.append("Protocol")
     body = []
     for r in summary["searches"]:
         line = [r["checkpoint"], r["search_label"], fmt(r["rho_adv"], "rho"), fmt(r["n_rho"], "int"),
@@ -133,6 +183,7 @@ def search_table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
                 fmt(r["median_l2"]), fmt(r["mean_l2"])]
         if has_l0:
             line.append(_l0_cell(r))
+        line.append(str(r.get("protocol") or "–"))
         body.append(line)
     return head, body
 
@@ -156,10 +207,12 @@ def pivot_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 
 
 PIVOT_CAPTION = "ρ̂_adv per search (rows) and checkpoint (columns), with the success rate in brackets; larger ρ̂_adv is more robust."
+SETTINGS_CAPTION = ("Each run's search settings: the protocol (paper = the papers' protocol; otherwise what departs "
+                    "from it) and the resolved config every number of that search used.")
 
 
 #: columns of the fooling-distance table shown on the terminal (the files have all of them)
-TERMINAL_COLUMNS = ("Checkpoint", "Search", "ρ̂_adv", "Success rate", "Not fooled", "Median L2")
+TERMINAL_COLUMNS = ("Checkpoint", "Search", "ρ̂_adv", "Success rate", "Not fooled", "Median L2", "Protocol")
 
 
 def terminal_tables(summary: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
@@ -188,6 +241,7 @@ def markdown(summary: dict, title: str = "Robustness report") -> str:
         ("Checkpoints", CHECKPOINT_CAPTION, checkpoint_table_rows(summary)),
         ("ρ̂_adv side by side", PIVOT_CAPTION, pivot_rows(summary)),
         ("Fooling distances", SEARCH_CAPTION, search_table_rows(summary)),
+        ("Search settings", SETTINGS_CAPTION, settings_rows(summary)),
     ):
         left = 1 if head[0] == "Search" else 2
         parts += [f"## {title2}", "", "| " + " | ".join(head) + " |",

@@ -112,7 +112,8 @@ FINETUNE_DEFAULTS = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "lr_s
 
 def build_train_config(layers, where: str = "training config", finetune: bool = False) -> TrainConfig:
     """The resolved TrainConfig from mappings in increasing priority (e.g. a parent's
-    model/dataset, a YAML file, command-line options; ``None`` values = not given).
+    model/dataset, a YAML file, command-line options with the untyped ones dropped; an explicit
+    ``None`` is a null, see :func:`~robustbench_jr.config.build_config`).
 
     - ``epochs`` given without ``steps`` replaces the default step count;
     - ``finetune``: the post-processing defaults come first, and ``jr-exact`` gets

@@ -31,11 +31,12 @@ import numpy as np
 
 from ...errors import ConfigError, InputError
 from ...evaluation import metrics
+from ...evaluation.best import BEST
 from ...runtime import derive_seed
 from ..runs import ModelData, RunData, load_run
 from ..tables import jsonable
 from .policy import Policy
-from .rules import BaselineSame, BinOp, Comparison, Func, Metric, Neg, Num, Rule
+from .rules import BaselineSame, BinOp, Comparison, Func, Metric, Neg, Num, Rule, walk
 
 UNDEFINED = "undefined: the metric has no samples to average (e.g. nothing fooled)"
 PASS, FAIL, PENDING = "pass", "fail", "pending"
@@ -280,6 +281,9 @@ class GateResult:
     policy: Policy
     checks: list[Check] = field(default_factory=list)
     baseline_dir: Optional[str] = None
+    #: how the run differs from its baseline where baseline rules compare them (only ever
+    #: non-empty with ``allow_mismatch``: otherwise the gate refuses, see :func:`evaluate`)
+    mismatches: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -292,6 +296,8 @@ class GateResult:
     def to_dict(self) -> dict:
         return {"passed": self.passed, "exit_code": self.exit_code, "run": self.run, "run_dir": self.run_dir,
                 "baseline": self.baseline_dir, "bound": self.policy.describe_bound(),
+                "comparability": {"allow_mismatch": self.policy.allow_mismatch,
+                                  "comparable": not self.mismatches, "differences": list(self.mismatches)},
                 "policy": self.policy.to_dict(), "checks": [c.to_dict() for c in self.checks],
                 "summary": {"checks": len(self.checks), "passed": sum(c.passed for c in self.checks),
                             "failed": sum(not c.passed for c in self.checks)}}
@@ -323,18 +329,99 @@ def _pair_baseline(m: ModelData, base: RunData, policy: Policy) -> ModelData:
                       f"baseline_model in the policy or --baseline-model")
 
 
+def rule_searches(rule: Rule) -> set[str]:
+    """The searches a rule's per-sample metrics read (``best`` stands for every search)."""
+    out = set()
+    for c in rule.comparisons:
+        lhs = c.lhs if isinstance(c.lhs, Metric) else None
+        for side in (c.lhs, c.rhs):
+            for n in walk(side):
+                mt = lhs if isinstance(n, BaselineSame) else n
+                if isinstance(mt, Metric) and mt.name in metrics.METRICS and \
+                        metrics.get(mt.name).level == "samples" and mt.args:
+                    out.add(str(mt.args[0]))
+    return out
+
+
+def _cfg_text(v) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def baseline_differences(m: ModelData, bm: ModelData, searches: set[str]) -> list[str]:
+    """How model ``m`` of the run and ``bm`` of the baseline were measured differently, where a
+    baseline rule over ``searches`` compares them: the search configurations (every search when
+    ``best`` is read), the sample ids, the data fingerprint. Empty when they compare like with like."""
+    who = f"{m.name} vs baseline {bm.name}"
+    diffs = []
+    if m.data_fingerprint and bm.data_fingerprint and m.data_fingerprint != bm.data_fingerprint:
+        diffs.append(f"{who}: test data differ (fingerprint {bm.data_fingerprint} in the baseline, "
+                     f"{m.data_fingerprint} in the run)")
+    elif bool(m.data_fingerprint) != bool(bm.data_fingerprint):
+        diffs.append(f"{who}: only the {'run' if m.data_fingerprint else 'baseline'} recorded its data fingerprint")
+    names = set(searches)
+    if BEST in names:
+        names |= set(m.run_searches) | set(bm.run_searches)
+        if set(m.run_searches) != set(bm.run_searches):
+            diffs.append(f"{who}: best is over different searches ({', '.join(bm.run_searches)} in the baseline, "
+                         f"{', '.join(m.run_searches)} in the run)")
+    names.discard(BEST)
+    for s in sorted(names):
+        if s not in m.results or s not in bm.results:
+            continue  # reading it fails with its own message
+        a, b = m.settings.get(s), bm.settings.get(s)
+        if a is None and b is None:
+            pass  # neither run recorded its configuration (not written by jr-eval run)
+        elif a is None or b is None:
+            diffs.append(f"{who}: {s}: only the {'run' if a else 'baseline'} recorded its search configuration")
+        else:
+            ca, cb = a.get("config") or {}, b.get("config") or {}
+            for k in sorted(set(ca) | set(cb)):
+                if _cfg_text(ca.get(k)) != _cfg_text(cb.get(k)):
+                    diffs.append(f"{who}: searches.{s}.{k}: {cb.get(k)!r} in the baseline, {ca.get(k)!r} in the run")
+    ids_of = lambda md, s: md.results[s]["sample_id"]  # noqa: E731
+    for s in sorted(set(searches) | ({BEST} if not searches else set())):
+        if s in m.results and s in bm.results:
+            ia, ib = ids_of(m, s), ids_of(bm, s)
+            if len(ia) != len(ib) or not np.array_equal(ia, ib):
+                only_b, only_a = np.setdiff1d(ib, ia), np.setdiff1d(ia, ib)
+                diffs.append(f"{who}: {s}: different samples ({len(ib)} in the baseline, {len(ia)} in the run; "
+                             f"{len(only_b)} only in the baseline, {len(only_a)} only in the run)")
+    return diffs
+
+
 def evaluate(run_dir: str | Path, policy: Policy) -> GateResult:
-    """Evaluate every rule on every model it selects; raises JRError on usage/config errors."""
+    """Evaluate every rule on every model it selects; raises JRError on usage/config errors.
+
+    Baseline rules compare like with like: where the run's model and its baseline differ in
+    a search configuration the rule reads, in their sample ids or in their data fingerprint
+    (:func:`baseline_differences`), the gate refuses with the differences listed (a
+    :class:`ConfigError`, exit status 2), unless ``policy.allow_mismatch``: then the rules are
+    judged and the result records the differences (``mismatches``; JSON and JUnit say so)."""
     run = load_run(run_dir)
     base = load_run(policy.baseline) if policy.baseline is not None else None
     sampler = Sampler(policy.bootstrap, policy.seed) if policy.decision != "point" else None
     res = GateResult(run.name, str(run.run_dir), policy, baseline_dir=str(policy.baseline) if base else None)
+    pairs = []
     for rule in policy.rules:
         selected = _select(run.models, rule.models)
         if not selected:
             raise ConfigError(f"rule {rule.text!r} selects no model (patterns {', '.join(rule.models or [])}); "
                               f"models in the run: {', '.join(m.name for m in run.models)}")
-        for m in selected:
+        if rule.uses_baseline:
+            for m in selected:
+                pairs.append((rule, m, _pair_baseline(m, base, policy)))
+    for rule, m, bm in pairs:
+        for d in baseline_differences(m, bm, rule_searches(rule)):
+            if d not in res.mismatches:
+                res.mismatches.append(d)
+    if res.mismatches and not policy.allow_mismatch:
+        raise ConfigError(
+            f"the baseline {policy.baseline} was not measured like the run {run.run_dir}, so baseline rules would "
+            f"compare unlike numbers:\n" + "".join(f"  - {d}\n" for d in res.mismatches)
+            + "Audit both with the same search configuration on the same samples, or pass --allow-mismatch "
+              "(allow_mismatch: true) to compare anyway (the verdict then records the differences).")
+    for rule in policy.rules:
+        for m in _select(run.models, rule.models):
             bm = _pair_baseline(m, base, policy) if rule.uses_baseline else None
 
             def resolve(node, lhs, m=m, bm=bm):
@@ -346,7 +433,10 @@ def evaluate(run_dir: str | Path, policy: Policy) -> GateResult:
 
             j = judge(rule, resolve, policy.decision, policy.confidence)
             b = j.binding
+            msg = j.message
+            if bm is not None and res.mismatches:
+                msg += " (baseline not comparable, allowed by --allow-mismatch)"
             res.checks.append(Check(rule.text, rule.name, m.label or m.name, run.name, j.status, b.lhs.point,
-                                    b.rhs.point, b.comparison.op, j.margin, j.bound, j.lhs_interval, j.message,
+                                    b.rhs.point, b.comparison.op, j.margin, j.bound, j.lhs_interval, msg,
                                     bm.name if bm else None))
     return res

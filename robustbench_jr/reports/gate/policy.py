@@ -25,7 +25,8 @@ from ...errors import ConfigError
 from .rules import Rule, parse_rule
 
 DECIDE = ("point", "tolerant", "strict")
-POLICY_KEYS = ("rules", "baseline", "baseline_model", "confidence", "bootstrap", "seed", "decide", "models")
+POLICY_KEYS = ("rules", "baseline", "baseline_model", "confidence", "bootstrap", "seed", "decide", "models",
+               "allow_mismatch")
 
 
 @dataclass
@@ -38,6 +39,8 @@ class Policy:
     seed: int = 0
     decide: Optional[str] = None  # None → "tolerant" with confidence, else "point"
     models: Optional[list[str]] = None
+    #: judge baseline rules even where the baseline was measured differently (recorded in the verdict)
+    allow_mismatch: bool = False
 
     @property
     def decision(self) -> str:
@@ -57,7 +60,7 @@ class Policy:
         return {"rules": [r.text if not r.name else {"rule": r.text, "name": r.name} for r in self.rules],
                 "baseline": str(self.baseline) if self.baseline else None, "baseline_model": self.baseline_model,
                 "confidence": self.confidence, "bootstrap": self.bootstrap, "seed": self.seed,
-                "decide": self.decision, "models": self.models}
+                "decide": self.decision, "models": self.models, "allow_mismatch": self.allow_mismatch}
 
 
 def _check_number(key, v, lo, hi, kind=float):
@@ -123,7 +126,10 @@ def build_policy(data: Optional[dict] = None, base_dir: Optional[Path] = None, e
         raise ConfigError("a rule uses 'baseline' but no baseline run was given: add 'baseline: RUN_DIR' to the "
                           "policy or pass --baseline RUN_DIR")
     bm = data.get("baseline_model")
-    return Policy(rules, baseline, bm, conf, boot, seed, decide, models)
+    allow = data.get("allow_mismatch", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"policy: allow_mismatch must be true or false, got {allow!r}")
+    return Policy(rules, baseline, bm, conf, boot, seed, decide, models, allow)
 
 
 def load_policy(path: Optional[str | Path], extra_rules=(), **overrides) -> Policy:

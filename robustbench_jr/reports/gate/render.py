@@ -27,12 +27,18 @@ def junit_xml(res: GateResult) -> str:
     for k, v in (("run_dir", res.run_dir), ("baseline", res.baseline_dir or ""), ("bound", res.policy.describe_bound()),
                  ("confidence", "" if res.policy.confidence is None else str(res.policy.confidence)),
                  ("bootstrap", str(res.policy.bootstrap)), ("seed", str(res.policy.seed)),
-                 ("decide", res.policy.decision)):
+                 ("decide", res.policy.decision),
+                 ("allow_mismatch", "true" if res.policy.allow_mismatch else "false"),
+                 ("baseline_comparable", "false" if res.mismatches else "true"),
+                 ("baseline_differences", "; ".join(res.mismatches))):
         ET.SubElement(props, "property", name=k, value=v)
     for ch in res.checks:
         tc = ET.SubElement(suite, "testcase", classname=f"robustness.{ch.model}", name=ch.name or ch.rule, time="0")
         detail = (f"model {ch.model}: {ch.rule}\nvalue {fmt(ch.lhs)} {ch.op} threshold {fmt(ch.rhs)}\n{ch.message}"
                   f"\n{res.policy.describe_bound()}")
+        if ch.baseline_model is not None and res.mismatches:
+            detail += "\nbaseline NOT comparable (allowed by --allow-mismatch):\n" + "\n".join(
+                f"  - {d}" for d in res.mismatches)
         if ch.passed:
             ET.SubElement(tc, "system-out").text = detail
         else:
@@ -50,5 +56,9 @@ def text_report(res: GateResult) -> str:
         bound = f", bound {ch.bound:+.3g}" if ch.bound is not None else ""
         lines.append(f"{'pass' if ch.passed else 'FAIL'}  {ch.model}: {ch.rule}  value {fmt(ch.lhs)}{interval} "
                      f"{ch.op} {fmt(ch.rhs)}{bound} — {ch.message}")
+    if res.mismatches:
+        lines.append("Baseline NOT comparable (allowed by --allow-mismatch):")
+        lines += [f"  - {d}" for d in res.mismatches]
+        lines += [f"  {ch.model}: {ch.rule}: {samples_text(ch)}" for ch in res.checks if ch.samples]
     lines.append(f"Decision: {res.policy.describe_bound()}")
     return "\n".join(lines) + "\n"
