@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from helpers_data import fake_mnist_root
 from robustbench_jr.evaluation import ResultStore
+from robustbench_jr.evaluation.plan import ALL_SEARCHES
 
 BIN = Path(sys.executable).parent
 AUDIT = ["lenet-mnist", "--source", "bundled", "--budget", "quick", "--quiet"]
@@ -66,14 +67,45 @@ def _shard_rows(run_dir: Path) -> int:
     return n
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+def _job_pids(mark: str, rank: str | None = None) -> list[int]:
+    """Processes of the torchrun job started with ``JR_TEST_MARK=mark`` (optionally one rank)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"JR_TEST_MARK={mark}".encode() in env and (rank is None or f"RANK={rank}".encode() in env):
+            pids.append(int(d.name))
+    return pids
+
+
+def _start(cmd: list) -> tuple[subprocess.Popen, str]:
+    mark = uuid.uuid4().hex
+    proc = subprocess.Popen(cmd, env=_env(JR_TEST_MARK=mark), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    return proc, mark
+
+
+def _kill_when(proc: subprocess.Popen, mark: str, ready, timeout: float = 300) -> None:
+    """SIGKILL the whole job — torchrun and every worker (workers live in sessions of their
+    own, so killing torchrun's process group alone would leave them running) — once ready()."""
     t0 = time.time()
     while not ready():
         assert proc.poll() is None, "the job ended before it could be interrupted"
         assert time.time() - t0 < timeout
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in _job_pids(mark):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
+    t0 = time.time()
+    while _job_pids(mark) and time.time() - t0 < 30:
+        time.sleep(0.05)
 
 
 def test_sharded_audit_equals_single_process_row_for_row(tmp_path):
@@ -84,7 +116,7 @@ def test_sharded_audit_equals_single_process_row_for_row(tmp_path):
     single = _run([str(BIN / "jr-eval"), "run", *args, "--out", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr[-3000:]
     _assert_same_rows(tmp_path / "one", tmp_path / "two")
-    assert set(doc["models"][0]["searches"]) == {"noise", "fgsm", "pgd", "cw", "deepfool", "jsma"}
+    assert set(ALL_SEARCHES) <= set(doc["models"][0]["searches"])  # every search of `all` (and `best`)
     with ResultStore(tmp_path / "one", readonly=True) as a, ResultStore(tmp_path / "two", readonly=True) as b:
         ma, mb = a.models()[0], b.models()[0]
         assert ma["clean_accuracy"] == mb["clean_accuracy"]
@@ -98,9 +130,8 @@ def test_sharded_audit_equals_single_process_row_for_row(tmp_path):
 def test_audit_killed_under_two_ranks_resumes_under_one(tmp_path):
     args = [*AUDIT, "--attacks", "noise,cw", "--n", "12", "--batch-size", "1"]
     out = tmp_path / "r"
-    proc = subprocess.Popen(_torchrun("jr-eval", ["run", *args, "--out", str(out)]), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    _kill_when(proc, lambda: _shard_rows(out) >= 3)
+    proc, mark = _start(_torchrun("jr-eval", ["run", *args, "--out", str(out)]))
+    _kill_when(proc, mark, lambda: _shard_rows(out) >= 3)
     with ResultStore(out, readonly=True) as st:
         assert st.meta().get("status") != "complete"
     kept = _shard_rows(out)
@@ -120,24 +151,13 @@ def test_a_failing_rank_ends_the_job_naming_it_and_keeps_committed_rows(tmp_path
     proc = subprocess.Popen(_torchrun("jr-eval", ["run", *args, "--out", str(out)]), env=_env(JR_TEST_MARK=mark),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
-    def rank1_pid():
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    env = (d / "environ").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if f"JR_TEST_MARK={mark}".encode() in env and b"RANK=1" in env and b"LOCAL_RANK=1" in env:
-                    return int(d.name)
-        return None
-
     t0 = time.time()
     while _shard_rows(out) < 2:
         assert proc.poll() is None and time.time() - t0 < 300
         time.sleep(0.05)
-    pid = rank1_pid()
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+    pids = [p for p in _job_pids(mark, rank="1") if b"LOCAL_RANK=1" in Path(f"/proc/{p}/environ").read_bytes()]
+    assert pids
+    os.kill(pids[0], signal.SIGKILL)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert "rank: 1" in output or "rank 1" in output, output[-3000:]
@@ -178,9 +198,8 @@ def test_ddp_jr_run_completes_resumes_across_world_sizes_and_reports_once(tmp_pa
     out = tmp_path / "jr"
     args = [*TRAIN, "--data-root", data_root, "--steps", "40", "--regularizer", "jr", "--lam", "0.01",
             "--out", str(out)]
-    proc = subprocess.Popen(_torchrun("jr-train", ["fit", *args]), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    _kill_when(proc, lambda: (out / "train_state.pt").exists())
+    proc, mark = _start(_torchrun("jr-train", ["fit", *args]))
+    _kill_when(proc, mark, lambda: (out / "train_state.pt").exists())
     assert not (out / "card.yaml").exists()
     res = _run(_torchrun("jr-train", ["fit", *args, "--resume"], nproc=2))
     assert res.returncode == 0, res.stderr[-3000:]
