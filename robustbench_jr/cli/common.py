@@ -8,14 +8,41 @@ import sys
 import click
 import torch
 import yaml
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from ..errors import JRError
 from ..runtime import env_rank
 
-#: progress, tables and messages go to stderr so that --json output on stdout stays clean
-console = Console(stderr=True)
+#: the layout width of a console whose stream is not a terminal (a pipe, a file, CI logs),
+#: instead of rich's 80 columns, which cut table cells and lines in two (``COLUMNS`` overrides it)
+PIPE_WIDTH = 240
+
+
+class JRConsole(Console):
+    """A rich console laid out at :data:`PIPE_WIDTH` columns when its stream is not a terminal."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self.is_terminal and "COLUMNS" not in os.environ:
+            return ConsoleDimensions(max(size.width, PIPE_WIDTH), size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size) -> None:
+        Console.size.fset(self, new_size)
+
+
+#: progress, warnings and errors go to stderr ...
+console = JRConsole(stderr=True)
+#: ... results (the final tables, verdicts and summary lines) to stdout: `jr-eval > out.txt` keeps them
+out = JRConsole()
+
+
+def results_console(as_json: bool = False) -> Console:
+    """Where a command prints its result tables: stdout, or stderr when --json owns stdout."""
+    return console if as_json else out
 
 
 def handle_errors(fn):

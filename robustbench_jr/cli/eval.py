@@ -2,7 +2,7 @@
 
 `jr-eval` with no arguments audits the bundled checkpoints on the bundled MNIST
 slice; `jr-eval run CHECKPOINT...` audits any checkpoints. Progress, warnings and
-the final table go to stderr; `--json` prints one JSON document on stdout.
+errors go to stderr; the final table (or, with `--json`, one JSON document) to stdout.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ..runtime import env_rank
 from . import report_cmds
 from .common import ARCH_HELP, config_option, console, handle_errors, model_data_options
 from .progress import RichEvents
+from .common import out as _stdout
 
 _DEFAULTS = AuditConfig()
 
@@ -57,9 +58,10 @@ def _jacobian_line(m: dict) -> str:
     return "; ".join(parts)
 
 
-def render_tables(summary: dict) -> None:
-    """One rich table per model (its searches as rows, the best known distance last), on stderr."""
-    console.print(f"[bold]audit[/] {summary['run_dir']}", highlight=False)
+def render_tables(summary: dict, con=None) -> None:
+    """One rich table per model (its searches as rows, the best known distance last), on stdout."""
+    con = con or _stdout
+    con.print(f"[bold]audit[/] {summary['run_dir']}", highlight=False)
     for m in summary["models"]:
         t = Table(title=f"[bold]{m['name']}[/]  clean acc {_fmt(m['clean_accuracy'], '.2%')}"
                         + (f"  [dim]{m['checkpoint']}[/]" if m["checkpoint"] != m["name"] else "")
@@ -78,13 +80,14 @@ def render_tables(summary: dict) -> None:
             t.add_row("[bold]best[/]", str(b["n"]), _fmt(b["success_rate"], ".1%"), _fmt(b["median_l2"]),
                       _fmt(b["mean_l2"]), f"[bold]{_fmt(b['rho_adv'])}[/]", str(b["not_fooled"]),
                       f"per-sample minimum over the searches (found by {found})")
-        console.print(t)
-    console.print(f"[dim]{SAMPLES_NOTE}[/]", highlight=False)
+        con.print(t)
+    con.print(f"[dim]{SAMPLES_NOTE}[/]", highlight=False)
     if summary.get("warnings"):
         console.print(f"[yellow]{len(summary['warnings'])} warning(s)[/], stored in the run's meta 'warnings'")
 
 
 @click.group(invoke_without_command=True, help=MAIN_HELP)
+@click.version_option(package_name="robustbench-jr")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     if ctx.invoked_subcommand is None:
@@ -179,6 +182,7 @@ def run(checkpoints, attacks, budget, n, subset, dataset, arch, data_root, sourc
 
 
 report_cmds.register(main)
+main.context_settings.update(help_option_names=["-h", "--help"], max_content_width=100)
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ from ..reports.report import write_report
 from ..runtime import resolve_device
 from . import render
 from .common import console, device_option, handle_errors, model_data_options
+from .common import results_console
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -81,10 +82,11 @@ def report_cmd(run_dirs, out_dir, log_x, title, as_json, quiet) -> None:
     if as_json:
         click.echo(rep.files["summary.json"].read_text(encoding="utf-8"))
     if not quiet:
+        rcon = results_console(as_json)
         for t in render.report_tables(rep.summary):
-            console.print(t)
+            rcon.print(t)
         n_fig = sum(1 for p in rep.files if p.endswith(".png"))
-        console.print(f"[green]report:[/] {rep.html}  ({n_fig} figures as PNG+SVG, summary.json/.csv/.md in "
+        rcon.print(f"[green]report:[/] {rep.html}  ({n_fig} figures as PNG+SVG, summary.json/.csv/.md in "
                       f"{rep.out_dir})")
 
 
@@ -125,12 +127,13 @@ def gate_cmd(run_dir, policy_file, rules, baseline, baseline_model, allow_mismat
     if as_json:
         click.echo(res.to_json())
     if not quiet:
-        console.print(render.gate_table(res))
+        rcon = results_console(as_json)
+        rcon.print(render.gate_table(res))
         if res.mismatches:
             console.print("[bold yellow]baseline not comparable[/] (allowed by --allow-mismatch):\n"
                           + "\n".join(f"  - {d}" for d in res.mismatches), highlight=False)
         n_fail = sum(not c.passed for c in res.checks)
-        console.print("[bold green]gate passed[/]" if res.passed else
+        rcon.print("[bold green]gate passed[/]" if res.passed else
                       f"[bold red]gate failed[/]: {n_fail} of {len(res.checks)} checks")
     sys.exit(res.exit_code)
 
@@ -174,8 +177,9 @@ def cells_cmd(checkpoints, index, plane, dataset, data_root, radius, resolution,
                   "–" if p.boundary_l2 is None else f"{p.boundary_l2:.3f}",
                   "–" if p.fgsm_eps is None else f"{p.fgsm_eps:.4f}"
                   + ("" if p.fgsm_l2 is None else f" ({p.fgsm_l2:.3f})"))
-    console.print(t)
-    console.print(f"[green]figure:[/] {paths['png']} and {paths['svg']}")
+    rcon = results_console(as_json)
+    rcon.print(t)
+    rcon.print(f"[green]figure:[/] {paths['png']} and {paths['svg']}")
 
 
 def register(group) -> None:

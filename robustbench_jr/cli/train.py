@@ -15,10 +15,11 @@ from ..jacobian import REGULARIZERS
 from ..models import ARCHITECTURES
 from ..training import TrainConfig, train
 from ..training import finetune as finetune_model
-from ..training.config import build_train_config
+from ..training.config import FINETUNE_DEFAULTS, build_train_config
 from ..runtime import env_rank
 from .common import MappingType, NumbersType, config_option, console, device_option, handle_errors
 from .progress import RichEvents
+from .common import results_console
 
 
 #: TrainConfig fields that are not command-line options (``--device`` is the shared device_option)
@@ -36,11 +37,12 @@ def _registries() -> dict:
     return {"model": ARCHITECTURES, "dataset": DATASETS, "regularizer": REGULARIZERS}
 
 
-def _config_options() -> list:
+def _config_options(defaults: typing.Optional[dict] = None) -> list:
     """One click option per TrainConfig field, generated from the dataclass: name from the
     field, type from the annotation, choices and help text (``doc``) from its :func:`param`,
     and ``[default: …]`` from the dataclass default — so the help cannot drift from the
-    config. Every option defaults to None: only what the user types overrides the file."""
+    config (``defaults``: a command's own defaults over the dataclass's, e.g. finetune's).
+    Every option defaults to None: only what the user types overrides the file."""
     hints = typing.get_type_hints(TrainConfig)
     registries = _registries()
     opts = []
@@ -57,8 +59,9 @@ def _config_options() -> list:
         help_text = (spec.doc if spec and spec.doc else f.name.replace("_", " ").capitalize())
         if f.name in registries:
             help_text += f" ({', '.join(registries[f.name])})"
-        if f.default is not dataclasses.MISSING and f.default is not None:
-            shown = (f"{flag[2:]}" if f.default else f"no-{flag[2:]}") if kind is bool else f.default
+        default = (defaults or {}).get(f.name, f.default)
+        if default is not dataclasses.MISSING and default is not None:
+            shown = (f"{flag[2:]}" if default else f"no-{flag[2:]}") if kind is bool else default
             help_text += f" [default: {shown}]"
         help_text += "."
         if kind is bool:
@@ -74,11 +77,14 @@ def _config_options() -> list:
     return opts
 
 
-def _train_options(fn):
+def _train_options(fn=None, *, defaults: typing.Optional[dict] = None):
     """Options shared by `fit` and `finetune`: the TrainConfig fields (generated, see
-    :func:`_config_options`), then the options that are not config fields."""
+    :func:`_config_options`; their help shows ``defaults`` where given), then the options
+    that are not config fields."""
+    if fn is None:
+        return lambda f: _train_options(f, defaults=defaults)
     opts = [
-        *_config_options(),
+        *_config_options(defaults),
         device_option, config_option,
         click.option("--out", type=click.Path(file_okay=False), required=True,
                      help="Output directory: model.safetensors, card.yaml, metrics.jsonl, config.yaml."),
@@ -115,7 +121,7 @@ def _finish(card: dict, out: str, as_json: bool) -> None:
     m = card["metrics"]
     if as_json:
         click.echo(json.dumps(card, default=str))
-    console.print(
+    results_console(as_json).print(
         f"[green]done[/]: {out}  test accuracy [bold]{m['test_accuracy']:.4f}[/]  "
         f"mean ‖J‖_F {m['jacobian_norm']:.3f} (pixel space), {m['jacobian_norm_normalized_input']:.3f} "
         f"(normalised input) over {m['test_samples']} test images")
@@ -153,7 +159,7 @@ def fit(**kwargs):
                               "timm:NAME, torchvision:NAME, pkg.module:factory or path/to/models.py:factory.")
 @click.option("--num-classes", type=click.IntRange(min=1),
               help="Classes of bare weights where they differ from the architecture's default.")
-@_train_options
+@_train_options(defaults=FINETUNE_DEFAULTS)
 @handle_errors
 def finetune(checkpoint, arch, num_classes, **kwargs):
     """Post-process a trained model with a Jacobian penalty (Jakubovitz & Giryes).

@@ -98,6 +98,21 @@ def jacobian_summary(row: dict) -> Optional[dict]:
     return {**j, "card": jnorm.card_norms(row.get("card"))}
 
 
+#: a clean accuracy at or below this multiple of chance (1 / classes) draws a warning
+NEAR_CHANCE_FACTOR = 1.5
+
+
+def chance_check(accuracy: Optional[float], classes: Optional[int]) -> Optional[tuple[str, str]]:
+    """``("near-chance", message)`` when a model's clean accuracy is at most
+    :data:`NEAR_CHANCE_FACTOR` / ``classes``, else None."""
+    if accuracy is None or not classes or classes < 2 or accuracy > NEAR_CHANCE_FACTOR / classes:
+        return None
+    return ("near-chance", f"clean accuracy {accuracy:.1%} is near chance ({1 / classes:.1%} for {classes} classes): "
+                           "the weights, the preprocessing (--mean/--std, input range, channel order) or the "
+                           "dataset's labels are probably not the ones the model was trained with; fooling "
+                           "distances of a model that barely classifies say little about its robustness")
+
+
 def sanity_checks(model, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, str]]:
     """auto-attack-style checks; returns ``(check, message)`` pairs for the problems found."""
     found = []
@@ -474,6 +489,13 @@ def _measure_model(run: _Run, m: ModelEntry) -> None:
         for check, msg in sanity_checks(m.model, ds.pixels(slice(0, k), device=plan.device),
                                         ds.labels[:k].to(plan.device)):
             run.warn(m.name, check, msg)
+        if len(ds):
+            if not classes:
+                with torch.no_grad():
+                    classes = int(m.model(ds.pixels(slice(0, 1), device=plan.device)).shape[1])
+            near = chance_check(float(np.mean(np.asarray(m.clean_pred) == ds.labels.numpy())), classes)
+            if near is not None:
+                run.warn(m.name, *near)
 
 
 def _run_batch(run: _Run, m: ModelEntry, sname: str, bi: int, sl: slice, adversarials_dir: Optional[Path]) -> None:
