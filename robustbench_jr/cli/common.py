@@ -14,6 +14,8 @@ from rich.markup import escape
 from ..errors import JRError
 from ..runtime import env_rank
 
+from os import environ as _environ  # noqa: E402  (the JRConsole's COLUMNS check)
+
 #: the layout width of a console whose stream is not a terminal (a pipe, a file, CI logs),
 #: instead of rich's 80 columns, which cut table cells and lines in two (``COLUMNS`` overrides it)
 PIPE_WIDTH = 240
@@ -25,7 +27,7 @@ class JRConsole(Console):
     @property
     def size(self) -> ConsoleDimensions:
         size = super().size
-        if self._width is None and not self.is_terminal and "COLUMNS" not in os.environ:
+        if self._width is None and not self.is_terminal and "COLUMNS" not in _environ:
             return ConsoleDimensions(max(size.width, PIPE_WIDTH), size.height)
         return size
 
