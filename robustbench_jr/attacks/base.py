@@ -29,12 +29,25 @@ Pass ``sample_ids`` (stable ids, e.g. the dataset's) to :meth:`Search.run` for t
 guarantee; without them the position in the batch is used as id. Every search works
 only on the samples that are still
 active, so the model sees (and spends compute on) only those.
+
+Precision and batch size: the searches never couple samples (per-sample masks, no
+batch sums), but a float32 model does: its kernels pick reductions by the number of
+rows they get (on x86 CPUs a ``Linear`` with 1–3 rows sums in another order than with
+4 or more, ~1e-6 apart in the logits), and a batch's last active samples always run
+with few rows. Discrete decisions (CW's aborts and binary-search flags, PGD's sign
+steps) amplify that: CW distances of one sample differed by up to 5 % between batch
+sizes 1 and 64. ``precision: float64`` (every search; a key of its config mapping)
+runs the search, its clean pass and the re-check in float64 (the model's floating-point
+parameters and buffers are converted for the call and put back exactly afterwards;
+the adversarial is returned in float64): per-sample distances then agree across batch
+sizes to ~1e-14 (tests/test_batch_independence.py; the cost is in benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Mapping, Optional
@@ -47,8 +60,8 @@ from ..errors import ConfigError, InputError
 from ..runtime import generator
 
 __all__ = [
-    "Found", "Search", "SearchResult", "Tally", "eval_mode", "margin_to_label", "sample_generators",
-    "verify_adversarials",
+    "PRECISIONS", "Found", "Search", "SearchResult", "Tally", "eval_mode", "margin_to_label", "model_dtype",
+    "sample_generators", "verify_adversarials",
 ]
 
 
@@ -120,6 +133,33 @@ class Tally:
 
     def add_grad(self, idx: torch.Tensor, k: int = 1) -> None:
         self.grad[idx] += k
+
+
+#: ``precision`` of a search: compute in the input's dtype (None) or in this one
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+
+
+@contextlib.contextmanager
+def model_dtype(model: nn.Module, dtype: torch.dtype) -> Iterator[nn.Module]:
+    """Compute with ``model`` in ``dtype``: its floating-point parameters and buffers are
+    converted for the duration and their original tensors put back afterwards (exactly,
+    the same Parameter objects: an optimiser holding them is not disturbed)."""
+    saved = []
+    try:
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            if t.is_floating_point() and t.dtype != dtype:
+                saved.append((t, t.data))
+                t.data = t.data.to(dtype)
+    except RuntimeError as exc:
+        for t, data in saved:
+            t.data = data
+        raise InputError(f"precision {str(dtype).replace('torch.', '')}: the model's parameters cannot be "
+                         f"converted ({exc}); use the default precision for this model") from None
+    try:
+        yield model
+    finally:
+        for t, data in saved:
+            t.data = data
 
 
 @contextlib.contextmanager
@@ -261,11 +301,20 @@ class Search:
         else:
             raise ConfigError(f"config for search {self.name!r} must be a mapping or "
                               f"{self.Config.__name__}, got {type(config).__name__}")
+        # ``precision`` is the base's, every search has it (module docstring)
+        precision = overrides.pop("precision", base.pop("precision", None))
+        if precision is not None and precision not in PRECISIONS:
+            raise ConfigError(f"{self.name} search config: precision must be one of {', '.join(PRECISIONS)} "
+                              f"(or null: the input's dtype), got {precision!r}")
+        self.precision: Optional[str] = precision
         self.config = build_config(self.Config, base, overrides, where=f"{self.name} search config")
 
     def config_dict(self) -> dict:
-        """The resolved configuration as a plain, YAML-safe dict."""
-        return to_dict(self.config)
+        """The resolved configuration as a plain, YAML-safe dict (with ``precision`` when set)."""
+        out = to_dict(self.config)
+        if self.precision is not None:
+            out["precision"] = self.precision
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
@@ -280,6 +329,10 @@ class Search:
         independent of batch size and composition (see the module docstring).
         """
         x, y, ids = _check_inputs(x, y, sample_ids)
+        dtype = PRECISIONS.get(self.precision)
+        if dtype is not None and x.dtype != dtype:
+            with model_dtype(model, dtype):
+                return self.run(model, x.to(dtype), y, seed, ids)
         n = x.shape[0]
         dev = x.device
         with eval_mode(model):

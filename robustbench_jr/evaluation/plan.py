@@ -373,7 +373,10 @@ def clean_predictions(model, data: ImageDataset, batch_size: int, device: torch.
 # ---------------------------------------------------------------------------
 
 def search_config(search) -> dict:
-    """A configured search's resolved config as a plain dict."""
+    """A configured search's resolved config as a plain dict (a :class:`Search`'s ``config_dict()``,
+    which adds the base's ``precision`` when set)."""
+    if callable(getattr(search, "config_dict", None)):
+        return search.config_dict()
     cfg = getattr(search, "config", None)
     if cfg is None:
         return {}
