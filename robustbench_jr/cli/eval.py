@@ -96,12 +96,13 @@ def main(ctx: click.Context) -> None:
 
 @main.command(help=f"""Audit CHECKPOINT... (directories, .safetensors/.pt files or bundled names).
 
-\b
 CHECKPOINT is a bundled name, a checkpoint directory (model.safetensors + card.yaml),
 bare weights (.safetensors, a .pt/.pth state dict) with --arch, a TorchScript or
 torch.export (.pt2) archive, or timm:NAME / torchvision:NAME for the library's
 pretrained weights. --arch, --arch-kwargs, --num-classes, --mean/--std and
---input-size apply to checkpoints without a card.
+--input-size apply to checkpoints without a card; --dataset may be your own data.
+
+\b
 Without CHECKPOINT: the bundled checkpoints on the bundled MNIST slice with
 --budget quick (the demo audit, under 3 minutes on 2 CPU cores).
 For every model × search × sample one row goes to OUT/results.sqlite, committed
