@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import traceback
 
 import click
 import torch
@@ -47,9 +49,38 @@ def results_console(as_json: bool = False) -> Console:
     return console if as_json else out
 
 
+#: set to 1 to see the traceback of an unexpected error (the exit status stays 2)
+DEBUG_ENV = "JR_DEBUG"
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def print_error(message: str) -> None:
+    """One red ``error:`` line on stderr (never wrapped: scripts read it as one line)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+
+
+def os_error_message(exc: OSError) -> str:
+    """An operating-system error as one line naming the path, the problem and the fix."""
+    path = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or str(exc)
+    fix = {"Read-only file system": "write to a writable location instead (e.g. another --out)",
+           "Permission denied": "use a path you may write to, or fix its permissions",
+           "Not a directory": "a file sits where a directory is needed: choose another path",
+           "File exists": "a file sits where a directory is needed: choose another path",
+           "No space left on device": "free some space or write elsewhere"}.get(what, "check the path")
+    return f"{path}: {what}; {fix}" if path else f"{what}; {fix}"
+
+
 def handle_errors(fn):
     """Turn JRError (bad input) into one red message on stderr and exit status 2; under
-    torchrun the message names the rank, and the process group is closed on the way out."""
+    torchrun the message names the rank, and the process group is closed on the way out.
+
+    Anything else that escapes a command is one line and exit status 2 as well (never 1,
+    which CI reads as "gate failed"): an OSError names its path, any other exception its type
+    and message; ``JR_DEBUG=1`` prints the traceback before that line."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         rank = env_rank()
@@ -57,15 +88,56 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except JRError as exc:
-            console.print(f"[bold red]error:[/] {escape(where + str(exc))}", highlight=False, markup=True, soft_wrap=True)
+            print_error(where + str(exc))
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted[/]{' on ' + where[:-2] if where else ''}; finished work is kept")
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except OSError as exc:
+            if debugging():
+                traceback.print_exc()
+            print_error(where + os_error_message(exc))
+            sys.exit(2)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence of the command line
+            if debugging():
+                traceback.print_exc()
+            print_error(f"{where}unexpected error {type(exc).__name__}: {' '.join(str(exc).split())} — "
+                        f"a bug, please report it; set {DEBUG_ENV}=1 to see the traceback")
+            sys.exit(2)
         finally:
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
     return wrapper
+
+
+class JRGroup(click.Group):
+    """A click group whose usage errors are one line too (``error: …``, exit status 2), like
+    every other error of the command line, and whose unexpected errors never exit 1."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            msg = " ".join(exc.format_message().split())
+            ctx = getattr(exc, "ctx", None)
+            if isinstance(exc, click.UsageError) and ctx is not None:
+                msg += f" (see {ctx.command_path} --help)"
+            print_error(msg)
+            sys.exit(exc.exit_code if exc.exit_code != 1 else 2)
+        except click.Abort:
+            console.print("[yellow]interrupted[/]; finished work is kept")
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - outside a command (option callbacks, completion)
+            if debugging():
+                traceback.print_exc()
+            print_error(f"unexpected error {type(exc).__name__}: {' '.join(str(exc).split())} — a bug, please "
+                        f"report it; set {DEBUG_ENV}=1 to see the traceback")
+            sys.exit(2)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 device_option = click.option(

@@ -23,7 +23,7 @@ from ..evaluation.jnorm import describe as jnorm_describe
 from ..evaluation.metrics import SAMPLES_NOTE
 from ..runtime import env_rank
 from . import report_cmds
-from .common import ARCH_HELP, config_option, console, handle_errors, model_data_options
+from .common import ARCH_HELP, JRGroup, config_option, console, handle_errors, model_data_options
 from .progress import RichEvents
 from .common import out as _stdout
 
@@ -86,7 +86,7 @@ def render_tables(summary: dict, con=None) -> None:
         console.print(f"[yellow]{len(summary['warnings'])} warning(s)[/], stored in the run's meta 'warnings'")
 
 
-@click.group(invoke_without_command=True, help=MAIN_HELP)
+@click.group(cls=JRGroup, invoke_without_command=True, help=MAIN_HELP)
 @click.version_option(package_name="robustbench-jr")
 @click.pass_context
 def main(ctx: click.Context) -> None:

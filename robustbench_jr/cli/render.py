@@ -37,6 +37,12 @@ def _plain(markup: str) -> str:
     return Text.from_markup(markup).plain
 
 
+def samples_cell(ch) -> str:
+    """``fgsm 3 of 4`` per search a check's metrics read (– for model-level metrics)."""
+    parts = [f"{s} {k} of {'?' if n is None else n}" for s, (k, n) in (ch.samples or {}).items()]
+    return ("[yellow]" + escape(", ".join(parts)) + "[/]") if ch.partial else (escape(", ".join(parts)) or "–")
+
+
 def gate_table(res: GateResult) -> Table:
     """The gate's verdict table: one row per check (rule × model)."""
     verdict = "[bold green]PASS[/]" if res.passed else "[bold red]FAIL[/]"
@@ -50,9 +56,14 @@ def gate_table(res: GateResult) -> Table:
         if ch.bound is not None:
             v += f"\n[dim]bound {ch.bound:+.3g}[/]"
         rule = escape(ch.rule) + (f"\n[dim]{ch.message}[/]" if ch.message.startswith("undefined") else "")
-        rows.append((escape(ch.model), rule, val, f"{ch.op} {_fmt(ch.rhs)}", v))
+        row = (escape(ch.model), rule, val, f"{ch.op} {_fmt(ch.rhs)}", v)
+        if res.incomplete:  # an unfinished run judged with --allow-partial: how many samples each metric has
+            row += (samples_cell(ch),)
+        rows.append(row)
     cols = (("Model", "left"), ("Rule", "left"), (f"Value ({level}interval)" if level else "Value", "right"),
             ("Threshold", "right"), ("Verdict (margin bound)" if level else "Verdict", "center"))
+    if res.incomplete:
+        cols += (("Samples", "left"),)
     for i, (col, just) in enumerate(cols):
         width = None if i == 1 else max(len(line) for r in rows for line in _plain(r[i]).split("\n"))
         t.add_column(col, justify=just, overflow="fold", min_width=width)

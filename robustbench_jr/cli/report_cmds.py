@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import ConfigError
 from ..evaluation.cells import checkpoint_cross_sections
 from ..reports.cells import save_cells
 from ..reports.gate import evaluate, junit_xml, load_policy
@@ -62,10 +63,27 @@ point clipped to [0, 1], the box the searches use (hatched: points mostly outsid
 so the FGSM ε and L2 shown are the FGSM search's."""
 
 
-def _write_text(path: str, text: str) -> None:
+def _writable(path: str, option: str) -> None:
+    """Refuse an output file that cannot be written before anything is computed."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text, encoding="utf-8")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot create its directory ({exc.strerror}: {exc.filename}); "
+                          f"give {option} a path in a writable directory") from None
+    if p.is_dir() or not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        why = "is a directory" if p.is_dir() else "cannot be written"
+        raise ConfigError(f"{option} {path} {why}; give {option} a file path in a writable directory")
+
+
+def _write_text(path: str, text: str, option: str = "output") -> None:
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot be written ({exc.strerror}); give {option} a path in a "
+                          "writable directory") from None
 
 
 @click.command("report", help=REPORT_HELP)
@@ -79,6 +97,11 @@ def _write_text(path: str, text: str) -> None:
 @handle_errors
 def report_cmd(run_dirs, out_dir, log_x, title, as_json, quiet) -> None:
     rep = write_report(run_dirs, out_dir, log_x=log_x, title=title)
+    for r in rep.summary.get("runs", []):
+        if r.get("incomplete"):
+            console.print(f"[bold yellow]run {r['name']} is not finished[/]: "
+                          + "; ".join(r["incomplete"]) + " — its partial searches are marked in every table",
+                          highlight=False, soft_wrap=True)
     if as_json:
         click.echo(rep.files["summary.json"].read_text(encoding="utf-8"))
     if not quiet:
@@ -101,6 +124,10 @@ def report_cmd(run_dirs, out_dir, log_x, title, as_json, quiet) -> None:
               help="Judge baseline rules even where the baseline differs from the run in search configuration, "
                    "sample ids or data (the verdict, JSON and JUnit list the differences). Without it such a "
                    "comparison is refused with exit status 2.")
+@click.option("--allow-partial", is_flag=True,
+              help="Judge a run (or baseline) that is not finished (still running, interrupted, searches with "
+                   "missing samples) on the samples stored so far; the verdict, JSON and JUnit say how many "
+                   "samples each metric covers. Without it such a run is refused with exit status 2.")
 @click.option("--model", "models", multiple=True, metavar="PATTERN",
               help="Apply unscoped rules only to these models (shell patterns; repeatable).")
 @click.option("--confidence", type=float, default=None, help="Use a one-sided bootstrap bound at this confidence.")
@@ -114,21 +141,27 @@ def report_cmd(run_dirs, out_dir, log_x, title, as_json, quiet) -> None:
 @click.option("--json-out", "json_file", default=None, type=click.Path(dir_okay=False), help="Write the JSON here.")
 @click.option("--quiet", is_flag=True, help="No verdict table.")
 @handle_errors
-def gate_cmd(run_dir, policy_file, rules, baseline, baseline_model, allow_mismatch, models, confidence, bootstrap,
-             seed, decide, junit_file, as_json, json_file, quiet) -> None:
+def gate_cmd(run_dir, policy_file, rules, baseline, baseline_model, allow_mismatch, allow_partial, models,
+             confidence, bootstrap, seed, decide, junit_file, as_json, json_file, quiet) -> None:
     policy = load_policy(policy_file, extra_rules=rules, baseline=baseline, baseline_model=baseline_model,
                          models=list(models) or None, confidence=confidence, bootstrap=bootstrap, seed=seed,
                          decide=decide, allow_mismatch=allow_mismatch or None)
-    res = evaluate(run_dir, policy)
+    for option, path in (("--junit", junit_file), ("--json-out", json_file)):
+        if path:
+            _writable(path, option)
+    res = evaluate(run_dir, policy, allow_partial=allow_partial)
     if junit_file:
-        _write_text(junit_file, junit_xml(res))
+        _write_text(junit_file, junit_xml(res), "--junit")
     if json_file:
-        _write_text(json_file, res.to_json())
+        _write_text(json_file, res.to_json(), "--json-out")
     if as_json:
         click.echo(res.to_json())
     if not quiet:
         rcon = results_console(as_json)
         rcon.print(render.gate_table(res))
+        if res.incomplete:
+            console.print("[bold yellow]unfinished run judged on the samples stored so far[/] (--allow-partial):\n"
+                          + "\n".join(f"  - {d}" for d in res.incomplete), highlight=False)
         if res.mismatches:
             console.print("[bold yellow]baseline not comparable[/] (allowed by --allow-mismatch):\n"
                           + "\n".join(f"  - {d}" for d in res.mismatches), highlight=False)

@@ -17,7 +17,7 @@ from ..training import TrainConfig, train
 from ..training import finetune as finetune_model
 from ..training.config import FINETUNE_DEFAULTS, build_train_config
 from ..runtime import env_rank
-from .common import MappingType, NumbersType, config_option, console, device_option, handle_errors
+from .common import JRGroup, MappingType, NumbersType, config_option, console, device_option, handle_errors
 from .progress import RichEvents
 from .common import results_console
 
@@ -127,7 +127,7 @@ def _finish(card: dict, out: str, as_json: bool) -> None:
         f"(normalised input) over {m['test_samples']} test images")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=JRGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="robustbench-jr")
 def main():
     """Train image classifiers with Jacobian regularization (Hoffman et al. 2019), or

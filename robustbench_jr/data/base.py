@@ -7,6 +7,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -45,6 +47,32 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def check(self) -> None:
+        """One :class:`InputError` unless there are images, they are uint8 or finite floating
+        point pixels in [0, 1], and the labels are non-negative integers (what every search and
+        the training loop assume)."""
+        what = f"the {self.name} {self.split} split ({self.provenance})"
+        if not len(self):
+            raise InputError(f"{what} has no images; point --dataset/--data-root at data that has some")
+        x = self.images
+        if x.dtype != torch.uint8:
+            if not x.is_floating_point():
+                raise InputError(f"{what}: images must be uint8 or floating point pixels in [0, 1], got {x.dtype}")
+            bad = ~torch.isfinite(x)
+            if bool(bad.any()):
+                raise InputError(f"{what}: {int(bad.flatten(1).any(1).sum())} image(s) contain NaN or infinite "
+                                 "pixels; fix or drop them")
+            lo, hi = float(x.min()), float(x.max())
+            if lo < 0 or hi > 1:
+                hint = " (0..255 values: divide them by 255, or store the images as uint8)" if hi > 1.5 else ""
+                raise InputError(f"{what}: pixel values outside [0, 1] (min {lo:.4g}, max {hi:.4g}); float images "
+                                 f"must be [0, 1] pixels{hint}")
+        y = self.labels
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise InputError(f"{what}: labels must be integer class indices, got {y.dtype}")
+        if len(y) and int(y.min()) < 0:
+            raise InputError(f"{what}: negative label {int(y.min())}; labels must be class indices 0, 1, …")
 
     @property
     def input_shape(self) -> tuple:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataNotFoundError
+from ..errors import DataFileError
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -22,7 +22,7 @@ def _read_bytes(path: Path) -> bytes:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
-            raise DataNotFoundError(f"{path}: corrupt gzip file ({exc}); download it again") from None
+            raise DataFileError(f"{path}: corrupt gzip file ({exc}); download it again") from None
     return raw
 
 
@@ -31,15 +31,17 @@ def read_idx(path: str | Path) -> np.ndarray:
     path = Path(path)
     raw = _read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise DataNotFoundError(f"{path}: not an IDX file (bad magic number)")
+        raise DataFileError(f"{path}: not an IDX file (bad magic number); replace it with the original file "
+                            "(download it again) or remove it")
     dtype = np.dtype(_DTYPES[raw[2]])
     ndim = raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise DataNotFoundError(
-            f"{path}: truncated or corrupt IDX file (header says {expected} data bytes, found {len(raw) - header})"
+        raise DataFileError(
+            f"{path}: truncated or corrupt IDX file (header says {expected} data bytes, found {len(raw) - header}); "
+            "download it again"
         )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import DataNotFoundError
+from ..errors import DataFileError, DataNotFoundError
 from .base import DatasetInfo, ImageDataset
 from .idx import read_idx
 from .registry import data_roots, not_found, register
@@ -53,7 +53,8 @@ def _tensors(img_path, lbl_path):
     images = torch.from_numpy(read_idx(img_path).copy())
     labels = torch.from_numpy(read_idx(lbl_path).astype("int64"))
     if images.ndim != 3 or len(images) != len(labels):
-        raise DataNotFoundError(f"{img_path}: expected N×28×28 images matching {len(labels)} labels")
+        raise DataFileError(f"{img_path}: expected N×28×28 images matching the {len(labels)} labels of "
+                            f"{lbl_path.name}; replace the pair with the original files")
     return images.unsqueeze(1), labels
 
 

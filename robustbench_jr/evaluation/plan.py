@@ -25,7 +25,7 @@ from ..attacks import SEARCHES, build_search
 from ..config import to_dict
 from ..data import ImageDataset, bundled_mnist, get_dataset_info, is_file_spec, load_dataset
 from ..data.files import saturation
-from ..errors import CheckpointError, ConfigError, DataNotFoundError, InputError
+from ..errors import CheckpointError, ConfigError, DataFileError, DataNotFoundError, InputError
 from ..models import (PixelSpaceModel, bundled_names, folder_options, is_pretrained_spec, load_checkpoint,
                       resolve_checkpoint, settle_model)
 from ..models.checkpoint import WEIGHTS_FILE, sha256_file
@@ -286,8 +286,10 @@ def load_data(name: str, config: Any, model: Optional[nn.Module] = None) -> Data
     else:
         try:
             ds = load_dataset(name, "test", data_root=config.data_root)
-        except DataNotFoundError:
-            if config.source == "local" or name != "mnist" or config.n > BUNDLED_MNIST_SIZE:
+        except DataNotFoundError as exc:
+            # a file that is there but unreadable is an error, not a reason to use the bundled slice
+            if config.source == "local" or name != "mnist" or config.n > BUNDLED_MNIST_SIZE or \
+                    isinstance(exc, DataFileError):
                 raise
             ds = bundled_mnist()
             note = "full MNIST test set not found locally; using the bundled slice"

@@ -25,6 +25,7 @@ import math
 import os
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any, Iterable, Optional
 
 import numpy as np
@@ -71,9 +72,13 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path):
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / ".lock"
-        self.fh = open(self.path, "a+")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "a+")
+        except OSError as exc:
+            raise InputError(f"run directory {run_dir} cannot be written ({exc.strerror}: {exc.filename}); "
+                             "choose a writable directory with --out") from None
         try:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -91,6 +96,30 @@ class RunLock:
         if not self.fh.closed:
             fcntl.flock(self.fh, fcntl.LOCK_UN)
             self.fh.close()
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the store file ``path``, checked to hold a store (one
+    :class:`InputError` when it is corrupt, empty or something else). Where its directory
+    cannot be written (read-only media, a read-only mount), SQLite's WAL mode could not
+    create its side files, so the file is opened as immutable: nobody can be writing it."""
+    uri = f"file:{quote(str(path))}?mode=ro"
+    if not os.access(path.parent, os.W_OK):
+        wal = path.with_name(path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size:
+            raise InputError(f"{path}: the run is on read-only storage and {wal.name} holds rows not yet merged "
+                             f"into {path.name}; copy the run directory to writable storage and read it there")
+        uri += "&immutable=1"
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        conn.execute("SELECT key, value FROM meta LIMIT 1").fetchall()
+        conn.execute("SELECT model FROM models LIMIT 1").fetchall()
+        conn.execute("SELECT sample_id FROM results LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise InputError(f"{path}: cannot be read as an audit's results ({exc}); the file is corrupt, empty or "
+                         "not written by `jr-eval run`: rerun the audit (into a new --out)") from None
+    return conn
 
 
 class ResultStore:
@@ -115,12 +144,17 @@ class ResultStore:
         elif readonly:
             if not self.path.is_file():
                 raise InputError(f"{self.run_dir}: not a run directory (no {DB_NAME}); run `jr-eval run --out DIR` first")
-            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            self.conn = open_readonly(self.path)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(self.path))
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.executescript(_SCHEMA)
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.executescript(_SCHEMA)
+            except sqlite3.DatabaseError as exc:
+                self.conn.close()
+                raise InputError(f"{self.path}: not a usable results store ({exc}); it is corrupt or not written "
+                                 "by `jr-eval run`: move it away or choose another --out") from None
             if "jacobian" not in self._model_columns():  # a store written before the column existed
                 self.conn.execute("ALTER TABLE models ADD COLUMN jacobian TEXT")
             self.conn.commit()
@@ -253,3 +287,44 @@ class ResultStore:
             else:
                 out[col] = np.asarray(vals, dtype=np.int64)
         return out
+
+    # ---- is the run finished? ---------------------------------------------
+    def completeness(self) -> dict:
+        """Whether the stored audit is finished, for reports and the gate (which never judge an
+        unfinished run as if it were finished): ``{"complete": bool, "reasons": [str],
+        "coverage": {model: {search: [rows stored, samples of the model]}}}``.
+
+        Unfinished: the meta ``status`` is not ``complete`` (``jr-eval run`` sets ``running``
+        when it starts computing and ``complete`` at its end), a model of the run's identity has
+        no row yet, or a search of the run's config has fewer rows than the model's samples or
+        fewer finished batches than it has batches. A store written without a status (by hand,
+        by an older version) is judged by its rows alone."""
+        meta = self.meta()
+        reasons: list[str] = []
+        status = meta.get("status")
+        if status is not None and status != "complete":
+            reasons.append(f"its status is {status!r} (the audit is still running, or was interrupted)")
+        ident = meta.get("identity") if isinstance(meta.get("identity"), dict) else {}
+        audit = ident.get("audit") or meta.get("config") or {}
+        wanted = audit.get("attacks") if isinstance(audit.get("attacks"), list) else None
+        bs = audit.get("batch_size") if isinstance(audit.get("batch_size"), int) and audit["batch_size"] > 0 else None
+        stored = {m: n for m, n in self.conn.execute("SELECT model, n FROM models ORDER BY rowid")}
+        for m in ident.get("models") or []:
+            name = m.get("name") if isinstance(m, dict) else None
+            if name and name not in stored:
+                reasons.append(f"model {name} has not been audited yet")
+        coverage: dict = {}
+        for model, n in stored.items():
+            rows = dict(self.conn.execute("SELECT search, COUNT(*) FROM results WHERE model=? GROUP BY search",
+                                          (model,)))
+            done = dict(self.conn.execute("SELECT search, COUNT(*) FROM batches WHERE model=? GROUP BY search",
+                                          (model,)))
+            cov = coverage[model] = {}
+            for search in (wanted if wanted is not None else list(rows)):
+                k = int(rows.get(search, 0))
+                cov[search] = [k, n]
+                if n is not None and k < n:
+                    reasons.append(f"{model}: {search} has {k} of {n} samples")
+                elif n and bs and int(done.get(search, 0)) < -(-n // bs):
+                    reasons.append(f"{model}: {search} has {int(done.get(search, 0))} of {-(-n // bs)} batches")
+        return {"complete": not reasons, "reasons": reasons, "coverage": coverage}

@@ -29,7 +29,7 @@ from torch import nn
 
 from .._version import __version__
 from ..data import DATASETS, get_dataset_info
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, yaml_problem
 from .architectures import ARCHITECTURES, build_model
 from .formats import load_exported, load_torchscript, read_safetensors, read_torch_state, sniff
 from .pixel import CUSTOM, NORMALIZATIONS, PixelSpaceModel
@@ -219,9 +219,18 @@ def read_card(path: str | os.PathLike) -> dict:
     try:
         card = yaml.safe_load(card_path.read_text())
     except yaml.YAMLError as exc:
-        raise CheckpointError(f"{card_path}: card is not valid YAML ({exc})") from None
+        raise CheckpointError(f"{card_path}: card is not valid YAML: {yaml_problem(exc)}; fix or replace the "
+                              "card") from None
     if not isinstance(card, dict) or "architecture" not in card:
         raise CheckpointError(f"{card_path}: card must be a mapping with at least 'architecture'")
+    nc = card.get("num_classes")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
+        raise CheckpointError(f"{card_path}: num_classes must be a positive integer, got {nc!r}; fix the card")
+    shape = card.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and shape and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        raise CheckpointError(f"{card_path}: input_shape must be a list of positive integers such as [1, 28, 28], "
+                              f"got {shape!r}; fix the card")
     return card
 
 
@@ -340,7 +349,8 @@ def load_checkpoint(
             try:
                 card = read_card(weights)
             except CheckpointError:
-                if arch is None:
+                # --arch stands in for a missing card, never for one that is there but unreadable
+                if arch is None or weights.with_name(CARD_FILE).is_file():
                     raise
         elif kind in ("torchscript", "export") and arch:
             raise CheckpointError(f"{weights} is a {'TorchScript' if kind == 'torchscript' else 'torch.export'} "
@@ -437,6 +447,11 @@ def _head_classes(state: Optional[dict]) -> Optional[int]:
 
 def _finish(model: PixelSpaceModel, card: dict, source: str, device) -> tuple[PixelSpaceModel, dict]:
     """Settle classes and shape from a forward pass, record them in the card, eval mode on ``device``."""
+    bad = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{source}: the weights hold NaN or infinite values ({len(bad)} tensor(s), e.g. "
+                              f"{bad[0]}); the checkpoint is broken (a diverged training run?): use another one")
     model.eval()
     settle_model(model, source=source)
     card["num_classes"] = model.num_classes or None

@@ -78,6 +78,9 @@ class ModelData:
     results: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # "best" included
     noise: list[tuple[float, float, int]] = field(default_factory=list)
     label: str = ""
+    #: per search of the run's config: [rows stored, samples of the model] (see
+    #: :meth:`~robustbench_jr.evaluation.store.ResultStore.completeness`)
+    coverage: dict = field(default_factory=dict)
     #: the ‖J‖_F measurement (method, N, both spaces, standard errors) and the card's values
     jacobian: Optional[dict] = None
     #: per search: its resolved ``config`` and ``protocol`` (:func:`~robustbench_jr.evaluation.plan.search_settings`)
@@ -113,6 +116,21 @@ class ModelData:
         cc = self.clean_correct()
         return float(np.mean(cc)) if cc is not None and len(cc) else None
 
+    def samples(self, search: str) -> tuple[int, Optional[int]]:
+        """(samples stored, samples the audit has) for ``search``; a derived search (the best
+        known distance) has the rows it was derived from."""
+        if search in self.coverage:
+            k, n = self.coverage[search]
+            return int(k), n
+        r = self.results.get(search)
+        return (0 if r is None else len(r["sample_id"])), self.n
+
+    def partial(self, search: str) -> bool:
+        """Whether ``search``'s numbers cover fewer samples than the audit has (a derived search:
+        whether any search it is derived from does)."""
+        short = {s for s, (k, n) in self.coverage.items() if n is not None and k < n}
+        return search in short if search in self.coverage else bool(short)
+
     def clean_n(self) -> Optional[int]:
         if self.n:
             return int(self.n)
@@ -126,6 +144,8 @@ class RunData:
     name: str
     meta: dict
     models: list[ModelData]
+    #: why the run is not finished (empty when it is): reports mark it, the gate refuses it
+    incomplete: list[str] = field(default_factory=list)
 
 
 def load_run(run_dir: str | Path, name: Optional[str] = None) -> RunData:
@@ -150,6 +170,10 @@ def load_run(run_dir: str | Path, name: Optional[str] = None) -> RunData:
                 md.results[BEST] = best_rows(md.results, names)
             md.noise = [(float(s), float(a), int(k)) for s, a, k in store.noise_accuracy(row["model"])]
             run.models.append(md)
+        done = store.completeness()
+        run.incomplete = done["reasons"]
+        for md in run.models:
+            md.coverage = done["coverage"].get(md.name, {})
     if not run.models:
         raise InputError(f"{run_dir}: the run has no models stored yet; has `jr-eval run` finished a batch?")
     return run

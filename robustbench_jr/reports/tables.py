@@ -64,6 +64,24 @@ def search_metrics(r: dict, n_inputs: Optional[int] = None, l0: bool = False) ->
     return out
 
 
+def _mark_partial(runs: list[RunData], rows: list[dict]) -> None:
+    """Every search row says whether its numbers cover all of the audit's samples
+    (``complete``, ``n_expected``); a run that is not finished says why (``incomplete``)."""
+    models = {(m.run.name, m.name): m for m in all_models(runs)}
+    for row in rows:
+        m = models[(row["run"], row["model"])]
+        row["n_expected"] = m.samples(row["search"])[1]
+        row["complete"] = not m.partial(row["search"])
+
+
+def partial_note(row: dict) -> str:
+    """`` (partial: 3 of 64)`` for a search row whose numbers miss samples of an unfinished run."""
+    if row.get("complete", True):
+        return ""
+    n = row.get("n_expected")
+    return f" (partial: {row.get('n')} of {n} samples)" if n is not None else " (partial)"
+
+
 def build_summary(runs: list[RunData]) -> dict:
     """Everything the tables show, as plain data (also the content of ``summary.json``)."""
     checkpoints, rows = [], []
@@ -86,10 +104,12 @@ def build_summary(runs: list[RunData]) -> dict:
             rows.append({"checkpoint": m.label, "run": m.run.name, "model": m.name, "search": s,
                          "search_label": search_label(s), **summ, **extra,
                          "clean_accuracy": m.clean_acc(), "jacobian_norm": m.jacobian_norm})
+    _mark_partial(runs, rows)
     return {
         "definitions": metrics.definitions(DEFINED_METRICS),
         "captions": {"checkpoints": CHECKPOINT_CAPTION, "searches": SEARCH_CAPTION},
         "runs": [{"name": r.name, "run_dir": str(r.run_dir), "meta": _meta_summary(r.meta),
+                  "complete": not r.incomplete, "incomplete": list(r.incomplete),
                   "models": [m.name for m in r.models],
                   "search_settings": {m.name: m.settings for m in r.models}} for r in runs],
         "checkpoints": checkpoints,
@@ -177,7 +197,8 @@ def search_table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     head.append("Protocol")
     body = []
     for r in summary["searches"]:
-        line = [r["checkpoint"], r["search_label"], fmt(r["rho_adv"], "rho"), fmt(r["n_rho"], "int"),
+        line = [r["checkpoint"], r["search_label"] + partial_note(r), fmt(r["rho_adv"], "rho"),
+                fmt(r["n_rho"], "int"),
                 fmt(r.get("rho_adv_attacked"), "rho"),
                 fmt(r["success_rate"], "pct"), fmt(r["not_fooled"], "int"), fmt(r["n"], "int"),
                 fmt(r["median_l2"]), fmt(r["mean_l2"])]
@@ -201,7 +222,8 @@ def pivot_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         line = [s]
         for c in cks:
             r = cell.get((s, c))
-            line.append("–" if r is None else f"{fmt(r['rho_adv'], 'rho')} ({fmt(r['success_rate'], 'pct')})")
+            line.append("–" if r is None else f"{fmt(r['rho_adv'], 'rho')} ({fmt(r['success_rate'], 'pct')})"
+                        + ("" if r.get("complete", True) else " partial"))
         body.append(line)
     return ["Search"] + cks, body
 

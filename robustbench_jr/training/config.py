@@ -115,7 +115,8 @@ def build_train_config(layers, where: str = "training config", finetune: bool = 
     model/dataset, a YAML file, command-line options with the untyped ones dropped; an explicit
     ``None`` is a null, see :func:`~robustbench_jr.config.build_config`).
 
-    - ``epochs`` given without ``steps`` replaces the default step count;
+    - ``epochs`` given without ``steps`` replaces the default step count; a layer giving both is
+      an error, and of two layers the later one's choice counts;
     - ``finetune``: the post-processing defaults come first, and ``jr-exact`` gets
       Jakubovitz–Giryes' penalty form unless the layers name one.
     This is what `jr-train fit|finetune` and `jr-train table` both use.
@@ -123,10 +124,19 @@ def build_train_config(layers, where: str = "training config", finetune: bool = 
 
     layers = [dict(layer or {}) for layer in layers]
     cfg = build_config(TrainConfig, FINETUNE_DEFAULTS if finetune else {}, *layers, where=where)
-    given = {k: v for layer in layers for k, v in layer.items() if v is not None}
     changed = False
-    if given.get("epochs") is not None and given.get("steps") is None:
+    # steps and epochs say how long, two ways: one layer (the command line, a file) giving both is
+    # a contradiction; across layers the later one wins (a file's steps, then --epochs)
+    for layer in layers:
+        if layer.get("steps") is not None and layer.get("epochs") is not None:
+            raise ConfigError(f"{where}: both steps ({layer['steps']}) and epochs ({layer['epochs']}) are given; "
+                              "they set the same length two ways: keep one (--steps N or --epochs E)")
+    last = next((k for layer in reversed(layers) for k in ("steps", "epochs") if layer.get(k) is not None), None)
+    if last == "epochs" and cfg.steps is not None:
         cfg.steps = None
+        changed = True
+    elif last == "steps" and cfg.epochs is not None:
+        cfg.epochs = None
         changed = True
     if finetune and cfg.regularizer == "jr-exact" and "form" not in (cfg.reg_options or {}):
         cfg.reg_options = {**(cfg.reg_options or {}), "form": "jg"}

@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Mapping, Optional
@@ -25,7 +26,7 @@ import yaml
 from .._version import __version__
 from ..config import to_dict
 from ..data import absolute_data_spec, bundled_mnist, few_shot, get_dataset_info, load_dataset
-from ..errors import ConfigError, DataNotFoundError, InputError, JRError
+from ..errors import ConfigError, DataFileError, DataNotFoundError, InputError, JRError
 from ..jacobian import mean_jacobian_norms
 from ..models import PixelSpaceModel, folder_options, make_model, save_checkpoint, settle_model
 from ..runtime import SINGLE, Dist, EventHandler, derive_seed, dist_context, emit, generator
@@ -116,8 +117,8 @@ def _load_train_data(cfg: TrainConfig, model=None):
 def _load_heldout(cfg: TrainConfig, model=None):
     try:
         return load_dataset(cfg.dataset, "test", cfg.data_root, cfg.download, **_folder(cfg, model))
-    except DataNotFoundError:
-        if cfg.dataset == "mnist":
+    except DataNotFoundError as exc:
+        if cfg.dataset == "mnist" and not isinstance(exc, DataFileError):  # an unreadable file is an error
             return bundled_mnist()
         raise
 
@@ -126,6 +127,7 @@ def _check_model_data(model: PixelSpaceModel, *datasets) -> None:
     """The model takes the data's input shape and has a class for every label (one clear
     :class:`InputError` otherwise); a model that did not declare its shape takes the data's."""
     for ds in datasets:
+        ds.check()  # images, [0, 1] finite pixels, integer labels (as the audit requires)
         settle_model(model, ds.input_shape, source=f"model {getattr(model, 'card', {}).get('architecture') or ''}".strip())
         if tuple(model.input_shape) != tuple(ds.input_shape):
             hint = ("pass --image-size (or --resize/--crop)" if ds.name.startswith("folder:")
@@ -135,7 +137,8 @@ def _check_model_data(model: PixelSpaceModel, *datasets) -> None:
                              f"--input-size {','.join(map(str, ds.input_shape))} if the model takes that size too")
         if len(ds) and int(ds.labels.max()) >= model.num_classes:
             raise InputError(f"the model has {model.num_classes} classes but the {ds.name} {ds.split} split has "
-                             f"label {int(ds.labels.max())}; its classes must be the model's")
+                             f"label {int(ds.labels.max())}; labels must be 0…{model.num_classes - 1}: fix the labels, "
+                             f"or use a model with that many classes")
 
 
 def step_loss(model, reg, x: torch.Tensor, y: torch.Tensor, generator=None):
@@ -210,6 +213,33 @@ def _rank_batch(idx: torch.Tensor, dist: Dist) -> tuple[torch.Tensor, torch.Tens
     return idx[pos], pos
 
 
+#: what a train_state.pt holds (written by ``save_state`` in :func:`train`)
+_STATE_KEYS = ("step", "config", "model", "optimizer")
+
+
+def _load_state(path: Path) -> dict:
+    """The saved training state, read with ``weights_only=True`` (no code in the file can run);
+    one :class:`InputError` when the file is corrupt or is not a jr-train state."""
+    fix = (f"move it away to start again in {path.parent} without --resume, or train into another --out")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+        text = str(exc)
+        glob = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", text)
+        if glob:
+            why = (f"it holds Python code ({glob.group(1) or glob.group(2)}), which a weights-only load refuses "
+                   "(nothing in it was run)")
+        else:
+            detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n|$)", text)
+            first = detail.group(1) if detail else " ".join(text.split())[:120]
+            why = f"it is corrupt, truncated or not a PyTorch file ({type(exc).__name__}: {first})"
+        raise InputError(f"--resume: {path} is not a readable training state: {why}; {fix}") from None
+    if not isinstance(saved, dict) or any(k not in saved for k in _STATE_KEYS):
+        raise InputError(f"--resume: {path} is not a jr-train training state (expected a mapping with "
+                         f"{', '.join(_STATE_KEYS)}); {fix}")
+    return saved
+
+
 def _resume_log(path: Path, step: int) -> None:
     """Keep the metrics log lines up to ``step`` (the saved state): the steps after it are
     redone and logged again, so the resumed log equals the uninterrupted one."""
@@ -257,7 +287,7 @@ def train(
     if not resume and state_path.exists():
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
     if resume and state_path.exists():
-        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = _load_state(state_path)
         if saved["config"] != to_dict(cfg):
             diff = sorted(k for k in saved["config"] if saved["config"].get(k) != to_dict(cfg).get(k))
             raise ConfigError(f"--resume: {out} was started with a different config (differs in: {', '.join(diff)})")
@@ -265,8 +295,12 @@ def train(
         saved = None
     dist.barrier()  # every rank has read the state before rank 0 writes anything
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        except OSError as exc:
+            raise InputError(f"--out {out} cannot be written ({exc.strerror}: {exc.filename}); choose a writable "
+                             "directory") from None
 
     info = get_dataset_info(cfg.dataset)
     train_set = _load_train_data(cfg, init_model)
@@ -318,9 +352,9 @@ def train(
     last_saved = start
 
     def diverged(step: int, what: str) -> TrainingDiverged:
-        return TrainingDiverged(
-            f"{what} at step {step}; stopped. The last good training state (step {last_saved}) is kept in "
-            f"{state_path}. Lower --lr or --lam and start again.")
+        kept = (f"the last good training state (step {last_saved}) is kept in {state_path}" if state_path.exists()
+                else f"no training state was saved before (the first save was due at step {cfg.save_every})")
+        return TrainingDiverged(f"{what} at step {step}; stopped, {kept}. Lower --lr or --lam and start again.")
 
     def save_state(step: int) -> None:
         nonlocal last_saved

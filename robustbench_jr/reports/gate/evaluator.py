@@ -265,13 +265,21 @@ class Check:
     lhs_interval: Optional[tuple] = None  # two-sided interval of the left-hand side at the confidence
     message: str = ""
     baseline_model: Optional[str] = None
+    #: the samples the rule's per-sample metrics cover, per search: [stored, of the audit's]
+    #: (filled in for every check; below the audit's count only on an unfinished run judged
+    #: with ``allow_partial``)
+    samples: Optional[dict] = None
 
     @property
     def passed(self) -> bool:
         return self.verdict == "pass"
 
+    @property
+    def partial(self) -> bool:
+        return any(n is not None and k < n for k, n in (self.samples or {}).values())
+
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()} | {"passed": self.passed}
+        return {k: v for k, v in self.__dict__.items()} | {"passed": self.passed, "partial": self.partial}
 
 
 @dataclass
@@ -281,6 +289,9 @@ class GateResult:
     policy: Policy
     checks: list[Check] = field(default_factory=list)
     baseline_dir: Optional[str] = None
+    #: judged although the run (or its baseline) is unfinished, and why it is (see :func:`evaluate`)
+    allow_partial: bool = False
+    incomplete: list[str] = field(default_factory=list)
     #: how the run differs from its baseline where baseline rules compare them (only ever
     #: non-empty with ``allow_mismatch``: otherwise the gate refuses, see :func:`evaluate`)
     mismatches: list[str] = field(default_factory=list)
@@ -298,6 +309,8 @@ class GateResult:
                 "baseline": self.baseline_dir, "bound": self.policy.describe_bound(),
                 "comparability": {"allow_mismatch": self.policy.allow_mismatch,
                                   "comparable": not self.mismatches, "differences": list(self.mismatches)},
+                "completeness": {"complete": not self.incomplete, "allow_partial": self.allow_partial,
+                                 "incomplete": list(self.incomplete)},
                 "policy": self.policy.to_dict(), "checks": [c.to_dict() for c in self.checks],
                 "summary": {"checks": len(self.checks), "passed": sum(c.passed for c in self.checks),
                             "failed": sum(not c.passed for c in self.checks)}}
@@ -389,7 +402,30 @@ def baseline_differences(m: ModelData, bm: ModelData, searches: set[str]) -> lis
     return diffs
 
 
-def evaluate(run_dir: str | Path, policy: Policy) -> GateResult:
+def _metric_searches(rule: Rule) -> list[str]:
+    """The searches whose per-sample rows a rule's metrics read, in order of appearance."""
+    out: list[str] = []
+    for c in rule.comparisons:
+        lhs = c.lhs if isinstance(c.lhs, Metric) else None
+        for side in (c.lhs, c.rhs):
+            for node in walk(side):
+                mt = lhs if isinstance(node, BaselineSame) else node
+                if isinstance(mt, Metric) and mt.args and mt.name in metrics.METRICS and \
+                        metrics.get(mt.name).level == "samples" and str(mt.args[0]) not in out:
+                    out.append(str(mt.args[0]))
+    return out
+
+
+def _refuse_unfinished(run: RunData, role: str) -> None:
+    reasons = run.incomplete
+    more = f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""
+    raise InputError(f"the {role} {run.run_dir} is not a finished audit ({'; '.join(reasons[:3])}{more}): its "
+                     f"numbers would be judged as if they were final. Let `jr-eval run` finish (rerun the same "
+                     f"command to resume it), or pass --allow-partial to judge the samples stored so far (the "
+                     f"verdict then says how many each metric covers)")
+
+
+def evaluate(run_dir: str | Path, policy: Policy, allow_partial: bool = False) -> GateResult:
     """Evaluate every rule on every model it selects; raises JRError on usage/config errors.
 
     Baseline rules compare like with like: where the run's model and its baseline differ in
@@ -399,6 +435,10 @@ def evaluate(run_dir: str | Path, policy: Policy) -> GateResult:
     judged and the result records the differences (``mismatches``; JSON and JUnit say so)."""
     run = load_run(run_dir)
     base = load_run(policy.baseline) if policy.baseline is not None else None
+    # an unfinished run is never judged as if it were finished (issue #17)
+    for r, role in ((run, "run"), (base, "baseline")):
+        if r is not None and r.incomplete and not allow_partial:
+            _refuse_unfinished(r, role)
     sampler = Sampler(policy.bootstrap, policy.seed) if policy.decision != "point" else None
     res = GateResult(run.name, str(run.run_dir), policy, baseline_dir=str(policy.baseline) if base else None)
     pairs = []
@@ -439,4 +479,13 @@ def evaluate(run_dir: str | Path, policy: Policy) -> GateResult:
             res.checks.append(Check(rule.text, rule.name, m.label or m.name, run.name, j.status, b.lhs.point,
                                     b.rhs.point, b.comparison.op, j.margin, j.bound, j.lhs_interval, msg,
                                     bm.name if bm else None))
+
+    res.allow_partial = allow_partial
+    res.incomplete = [f"run: {x}" for x in run.incomplete] + \
+        ([f"baseline: {x}" for x in base.incomplete] if base is not None else [])
+    checks = iter(res.checks)
+    for rule in policy.rules:
+        for m in _select(run.models, rule.models):
+            ch = next(checks)
+            ch.samples = {s: list(m.samples(s)) for s in _metric_searches(rule)}
     return res

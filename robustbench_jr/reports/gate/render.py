@@ -16,6 +16,11 @@ def fmt(v) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
 
 
+def samples_text(ch) -> str:
+    """``fgsm: 3 of 4 samples`` per search whose per-sample rows a check's metrics read."""
+    return ", ".join(f"{s}: {k} of {'?' if n is None else n} samples" for s, (k, n) in (ch.samples or {}).items())
+
+
 def junit_xml(res: GateResult) -> str:
     """JUnit XML: one test case per rule × model, a <failure> for each failed check."""
     n_fail = sum(not c.passed for c in res.checks)
@@ -25,6 +30,9 @@ def junit_xml(res: GateResult) -> str:
                           failures=str(n_fail), errors="0", skipped="0", time="0")
     props = ET.SubElement(suite, "properties")
     for k, v in (("run_dir", res.run_dir), ("baseline", res.baseline_dir or ""), ("bound", res.policy.describe_bound()),
+                 ("complete", "false" if res.incomplete else "true"),
+                 ("allow_partial", "true" if res.allow_partial else "false"),
+                 ("incomplete", "; ".join(res.incomplete)),
                  ("confidence", "" if res.policy.confidence is None else str(res.policy.confidence)),
                  ("bootstrap", str(res.policy.bootstrap)), ("seed", str(res.policy.seed)),
                  ("decide", res.policy.decision),
@@ -39,6 +47,9 @@ def junit_xml(res: GateResult) -> str:
         if ch.baseline_model is not None and res.mismatches:
             detail += "\nbaseline NOT comparable (allowed by --allow-mismatch):\n" + "\n".join(
                 f"  - {d}" for d in res.mismatches)
+        if res.incomplete:
+            detail += "\nunfinished run judged on the samples stored so far (--allow-partial): " + (
+                samples_text(ch) or "model-level metrics only")
         if ch.passed:
             ET.SubElement(tc, "system-out").text = detail
         else:
@@ -59,6 +70,9 @@ def text_report(res: GateResult) -> str:
     if res.mismatches:
         lines.append("Baseline NOT comparable (allowed by --allow-mismatch):")
         lines += [f"  - {d}" for d in res.mismatches]
+    if res.incomplete:
+        lines.append("Unfinished run judged on the samples stored so far (--allow-partial):")
+        lines += [f"  - {d}" for d in res.incomplete]
         lines += [f"  {ch.model}: {ch.rule}: {samples_text(ch)}" for ch in res.checks if ch.samples]
     lines.append(f"Decision: {res.policy.describe_bound()}")
     return "\n".join(lines) + "\n"
