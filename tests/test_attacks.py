@@ -161,24 +161,36 @@ def test_affine_binary_box_is_inactive():
     assert bool((model(x).argmax(1) == y).all())
 
 
-@pytest.mark.parametrize("name", ["deepfool", "cw"])
-def test_affine_binary_within_one_percent(name):
+@pytest.mark.parametrize("name, config, bound", [
+    # the papers' DeepFool: the boundary point times 1 + overshoot (0.02), plus the small
+    # margin its last step takes to cross the boundary in float32
+    ("deepfool", {}, 1.025),
+    ("deepfool", {"refine": True}, 1.01),
+    ("cw", {}, 1.01),
+])
+def test_affine_binary_within_one_percent(name, config, bound):
     model, x, y, true = affine_binary()
-    r = build_search(name).run(model, x, y)
+    r = build_search(name, config).run(model, x, y)
     assert bool(r.fooled.all())
     rel = r.l2 / true
     assert bool((rel >= 1 - 1e-6).all()), rel
-    assert bool((rel <= 1.01).all()), rel
+    assert bool((rel <= bound).all()), rel
 
 
-@pytest.mark.parametrize("name", ["deepfool", "cw"])
-def test_affine_multiclass_within_one_percent(name):
+@pytest.mark.parametrize("name, config, bound", [
+    # the papers' DeepFool: the boundary point times 1 + overshoot (0.02), plus the small
+    # margin its last step takes to cross the boundary in float32
+    ("deepfool", {}, 1.025),
+    ("deepfool", {"refine": True}, 1.01),
+    ("cw", {}, 1.01),
+])
+def test_affine_multiclass_within_one_percent(name, config, bound):
     model, x, y, true = affine_multiclass()
-    r = build_search(name).run(model, x, y)
+    r = build_search(name, config).run(model, x, y)
     assert bool(r.fooled.all())
     rel = r.l2 / true
     assert bool((rel >= 1 - 1e-6).all()), rel
-    assert bool((rel <= 1.01).all()), rel
+    assert bool((rel <= bound).all()), rel
 
 
 @pytest.mark.parametrize("case", ["binary", "multiclass"])
