@@ -143,10 +143,9 @@ class Row:
 # ---------------------------------------------------------------------------------------------
 def run_ours(name: str, config: dict, model, x, y, ids, bs: int, seed: int, device) -> tuple[SearchResult, float]:
     search = build_search(name, config)
-    gen = torch.Generator().manual_seed(seed)
 
     def go():
-        parts = [search.run(model, x[s], y[s], generator=gen, sample_ids=ids[s]) for s in _batches(len(x), bs)]
+        parts = [search.run(model, x[s], y[s], seed=seed, sample_ids=ids[s]) for s in _batches(len(x), bs)]
         return SearchResult.concat(parts)
 
     return _timed(go, device)

@@ -19,7 +19,7 @@ from robustbench_jr.runtime import derive_seed
 from robustbench_jr.attacks.jsma import best_pairs
 from robustbench_jr.errors import ConfigError, InputError
 
-NAMES = ["noise", "fgsm", "pgd", "cw", "deepfool", "jsma"]
+NAMES = ["noise", "fgsm", "pgd", "cw", "deepfool", "jsma", "ddn"]
 
 #: quick settings per search for tests on random models (defaults are used where they are cheap)
 FAST = {
@@ -29,6 +29,7 @@ FAST = {
     "cw": {"max_iterations": 100, "binary_search_steps": 4, "abort_check_every": 20},
     "deepfool": {},
     "jsma": {"targets": 2, "gamma": 0.2},
+    "ddn": {"steps": 40},
 }
 
 

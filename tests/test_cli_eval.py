@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from robustbench_jr.cli.eval import main
 from robustbench_jr.models import bundled_names, make_model, save_checkpoint
 
-SEARCHES = ["noise", "fgsm", "pgd", "cw", "deepfool", "jsma"]
+SEARCHES = ["noise", "fgsm", "pgd", "cw", "deepfool", "jsma", "ddn"]
 #: small budgets for the tests (CW and JSMA dominate the run time)
 SMALL = {"searches": {"cw": {"binary_search_steps": 2, "max_iterations": 30, "abort_check_every": 10, "lr": 0.01},
                       "jsma": {"targets": 1, "gamma": 0.05},
@@ -78,7 +78,7 @@ def test_run_json_end_to_end(ckpt, small_cfg, tmp_path):
     # DeepFool always succeeds on a LeNet; its ρ̂ is a small positive ratio
     assert m["searches"]["deepfool"]["success_rate"] == 1.0
     assert 0.0 < m["searches"]["deepfool"]["rho_adv"] < 1.0
-    assert len(rows(out)) == 6 * 8
+    assert len(rows(out)) == len(SEARCHES) * 8
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["n"] == 8 and cfg["searches"]["pgd"]["saturation"] == pytest.approx(32 / 255)
     assert cfg["searches"]["cw"]["max_iterations"] == 30

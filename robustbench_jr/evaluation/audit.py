@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attacks import is_peer_name, peer_name
 from ..attacks.base import eval_mode
 from ..config import build_config, check_constraints, param
 from ..data import get_dataset_info
@@ -60,7 +61,8 @@ JSON_KEYS = ("n", "success_rate", "not_fooled", "median_l2", "mean_l2", "rho_adv
 class AuditConfig:
     """Everything that decides an audit's results (plus ``device``, which only places it).
 
-    attacks: searches to run (``all`` = noise, fgsm, pgd, cw, deepfool, jsma).
+    attacks: searches to run (``all`` = noise, fgsm, pgd, cw, deepfool, jsma, ddn; a peer
+    library's attack as ``lib:Attack``, e.g. ``advlib:fmn``, see :mod:`..attacks.adapters`).
     budget: ``paper`` (the searches' defaults, the papers' protocols) or ``quick``
     (cheaper CW and JSMA, see ``BUDGETS``); ``searches`` overrides apply on top.
     n: number of test samples; subset: ``first`` n or a ``random`` n drawn with ``seed``.
@@ -119,9 +121,10 @@ class AuditConfig:
             raise ConfigError(f"attacks must be a list of search names; valid: all, {', '.join(valid)}")
         expanded: list[str] = []
         for a in attacks:
-            a = a.strip().lower()
+            # peer-library searches ``lib:Attack`` (attacks.adapters) keep their attack's spelling
+            a = peer_name(a) if is_peer_name(a) else a.strip().lower()
             for name in (valid if a == "all" else [a]):
-                if name not in valid:
+                if name not in valid and not is_peer_name(name):
                     raise ConfigError(f"unknown search {name!r}; valid searches: all, {', '.join(valid)}")
                 if name not in expanded:
                     expanded.append(name)
@@ -133,11 +136,12 @@ class AuditConfig:
         if not isinstance(self.searches, dict):
             raise ConfigError("searches must map search names to config mappings, e.g. {cw: {steps: 500}}")
         for name, over in self.searches.items():
-            if name not in valid:
-                raise ConfigError(f"searches: unknown search {name!r}; valid searches: {', '.join(valid)}")
+            if name not in valid and not is_peer_name(name):
+                raise ConfigError(f"searches: unknown search {name!r}; valid searches: {', '.join(valid)}, "
+                                  "or a peer library's attack as lib:Attack (foolbox:, advlib:, torchattacks:)")
             if over is not None and not isinstance(over, dict):
                 raise ConfigError(f"searches.{name} must be a mapping of config keys, got {over!r}")
-        self.searches = {k: dict(v or {}) for k, v in self.searches.items()}
+        self.searches = {(peer_name(k) if is_peer_name(k) else k): dict(v or {}) for k, v in self.searches.items()}
         sig = self.noise_sigmas
         if isinstance(sig, (int, float)):
             sig = [sig]
@@ -321,7 +325,8 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, searches: Any = "a
     """Audit an in-memory pixel-space classifier on images ``x`` ([N, C, H, W] in [0, 1])
     with labels ``y`` ([N]).
 
-    ``searches``: ``"all"``, a name or a list (noise, fgsm, pgd, cw, deepfool, jsma);
+    ``searches``: ``"all"``, a name or a list (noise, fgsm, pgd, cw, deepfool, jsma, ddn, or a
+    peer library's ``lib:Attack``);
     ``seed``: every random draw derives from it and the sample ids (default 0..N-1);
     ``store``: a run directory to write (resumable, readable by ``jr-eval report/gate``),
     or None to keep the results in memory. ``budget`` (``paper``/``quick``) and
