@@ -193,13 +193,12 @@ class CWSearch(Search):
                 z = logits.detach()
                 is_adv = (marg.detach() <= -kappa) & (z.argmax(1) != ya)
                 d = l2sq.detach().double()
+                # masked updates, no host-device sync per iteration (rows of ``act`` are distinct)
                 better = is_adv & (d < best_sq[act])
-                if bool(better.any()):
-                    bi = act[better]
-                    best_sq[bi] = d[better]
-                    best_adv[bi] = adv.detach()[better]
-                success[pos[is_adv]] = True
-                last_adv[pos[is_adv]] = it
+                best_sq[act] = torch.where(better, d, best_sq[act])
+                best_adv[act] = torch.where(better.view(-1, *([1] * (x.dim() - 1))), adv.detach(), best_adv[act])
+                success[pos] = success[pos] | is_adv
+                last_adv[pos] = torch.where(is_adv, torch.full_like(last_adv[pos], it), last_adv[pos])
                 since_success = torch.where(success[pos], since_success + 1, since_success)
                 # Adam step on w
                 m.mul_(b1).add_(g, alpha=1 - b1)
@@ -207,7 +206,13 @@ class CWSearch(Search):
                 mhat = m / (1 - b1 ** it)
                 vhat = v / (1 - b2 ** it)
                 w = w - cfg.lr * mhat / (vhat.sqrt() + cfg.adam_eps)
-                # per-sample stopping
+                # per-sample stopping, decided (one sync) only at iterations where a sample can stop
+                if not (it == cfg.max_iterations or cfg.success_patience is not None
+                        or (cfg.abort_early and (it % a_every == 0 or (cfg.fail_check_every is not None
+                                                                       and it % cfg.fail_check_every == 0)))):
+                    if cfg.abort_early:
+                        loss_hist[:, it % a_every] = loss.detach().double()
+                    continue
                 stop = torch.zeros(w.shape[0], dtype=torch.bool, device=dev)
                 if cfg.abort_early:
                     lval = loss.detach().double()

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -200,7 +200,7 @@ class DDNSearch(Search):
             self._run(run, rows, per)
             rows = rows.take(keep_best_rows(rows.best, rows.eps, rows.s, b))
             self._run(run, rows, rest)
-        warn_zero_gradients(self.name, run.n_zero)
+        warn_zero_gradients(self.name, int(run.n_zero))
         # one row per sample is left when candidates > 1; otherwise rows are the samples
         found = torch.isfinite(rows.best)
         return Found(rows.best_adv, found, tally.forward, tally.grad)
@@ -260,10 +260,10 @@ class DDNSearch(Search):
             dist = delta.flatten(1).double().norm(dim=1)
             better = is_adv & (dist < rows.best[idx])
             improved = better & (dist < rows.best[idx] * (1 - _PATIENCE_RTOL))
-            if bool(better.any()):
-                bi = idx[better]
-                rows.best[bi] = dist[better]
-                rows.best_adv[bi] = (x0 + delta)[better]
+            # masked updates: the step's one host-device sync is the active-row lookup
+            rows.best[idx] = torch.where(better, dist, rows.best[idx])
+            rows.best_adv[idx] = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x0 + delta,
+                                             rows.best_adv[idx])
             k = rows.k[idx]
             # norm
             gam = rows.gam[idx]
@@ -279,9 +279,8 @@ class DDNSearch(Search):
             # direction
             gn = g.flatten(1).norm(dim=1)
             zero = gn == 0
-            if bool(zero.any()):
-                run.n_zero += int((zero & (k == 0)).sum())
-                rows.active[idx[zero]] = False
+            run.n_zero = run.n_zero + (zero & (k == 0)).sum()
+            rows.active[idx] = rows.active[idx] & ~zero
             kk = k.to(torch.float64)
             alpha = cfg.alpha_final + 0.5 * (cfg.alpha - cfg.alpha_final) * (
                 1 + torch.cos(math.pi * kk.clamp(max=max(total, 1)) / max(total, 1)))
@@ -298,7 +297,7 @@ class DDNSearch(Search):
                 stale = torch.where(improved, torch.zeros_like(k), rows.stale[idx] + 1)
                 rows.stale[idx] = stale
                 done = torch.isfinite(rows.best[idx]) & (stale >= cfg.patience)
-                rows.active[idx[done]] = False
+                rows.active[idx] = rows.active[idx] & ~done
 
 
 @dataclass
@@ -311,7 +310,7 @@ class _Run:
     cap: torch.Tensor  # [b] the largest distance the box allows around each x
     total: int  # schedule length of a row that runs to the end
     tally: Tally
-    n_zero: int = 0  # samples with a zero gradient at their first step
+    n_zero: Union[int, torch.Tensor] = 0  # samples with a zero gradient at their first step (summed on device)
 
 
 def _set_rows(buf: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
