@@ -127,6 +127,9 @@ Exit status: 0 when the audit completed, 2 on bad input.""")
                    "npz:PATH or safetensors:PATH (arrays images, labels).  [default: each checkpoint card's]")
 @click.option("--arch", default=None, help=ARCH_HELP)
 @click.option("--data-root", default=None, type=click.Path(file_okay=False), help="Where to look for the data.")
+@click.option("--download/--no-download", default=None,
+              help="Let torchvision download a missing dataset (MNIST, Fashion-MNIST, CIFAR-10/100) into "
+                   "--data-root (needs the network).  [default: no-download]")
 @click.option("--source", type=click.Choice(["auto", "bundled", "local"]), default=None,
               help="auto: local files, or for MNIST with N ≤ 1000 the bundled slice when the full test set "
                    "is missing; bundled: the bundled MNIST slice; local: local files only.  "
@@ -151,8 +154,8 @@ Exit status: 0 when the audit completed, 2 on bad input.""")
 @click.option("--quiet", is_flag=True, help="No progress bars and no table.")
 @model_data_options()
 @handle_errors
-def run(checkpoints, attacks, budget, n, subset, dataset, arch, data_root, source, out_dir, config_file, seed, device,
-        threads, batch_size, jacobian, save_adversarials, as_json, quiet, model_opts) -> None:
+def run(checkpoints, attacks, budget, n, subset, dataset, arch, data_root, download, source, out_dir, config_file, seed,
+        device, threads, batch_size, jacobian, save_adversarials, as_json, quiet, model_opts) -> None:
     file_layer = read_yaml(config_file) if config_file else {}
     file_ckpts = file_layer.pop("checkpoints", None)
     if file_ckpts is not None and not (isinstance(file_ckpts, list) and all(isinstance(c, str) for c in file_ckpts)):
@@ -160,7 +163,7 @@ def run(checkpoints, attacks, budget, n, subset, dataset, arch, data_root, sourc
     ckpts = list(checkpoints) or list(file_ckpts or [])
     # options the user did not type are None: "not given", dropped (an explicit null is a YAML/API value)
     cli_layer = given(dict(attacks=attacks, budget=budget, n=n, subset=subset, dataset=dataset, arch=arch,
-                           data_root=data_root, source=source,
+                           data_root=data_root, download=download, source=source,
                            seed=seed, device=device, batch_size=batch_size, jacobian=jacobian,
                            save_adversarials=save_adversarials))
     cli_layer.update(model_opts)

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import DataNotFoundError
 from .base import DatasetInfo, ImageDataset
+from .mnist import download_hint
 from .registry import data_roots, not_found, register
 
 
@@ -177,7 +178,7 @@ def _loader(name: str):
 
 def _how(name: str, base: str, archive: str) -> str:
     return (
-        f"  * pass --download to let torchvision fetch {archive} into --data-root (needs the network)\n"
+        download_hint(archive, first=True) +
         f"  * or, with the archive at hand: `mkdir -p data && tar xzf {archive} -C data`\n"
         f"    (this gives data/{base}/; point --data-root or $JR_DATA_ROOT at its parent)\n"
         f"  * the files are pickles; they are read with a restricted unpickler that rebuilds numpy\n"

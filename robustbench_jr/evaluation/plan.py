@@ -36,10 +36,11 @@ ALL_SEARCHES = ("noise", "fgsm", "pgd", "cw", "deepfool", "jsma", "ddn")
 #: largest n for which the bundled MNIST slice (first 1,000 test images) can stand in
 BUNDLED_MNIST_SIZE = 1000
 #: config fields left out of a run's identity: ``device`` only places the work,
+#: ``download`` only how the data is obtained (the data fingerprint counts),
 #: ``budget``/``searches`` count through the resolved per-search configs instead, and
 #: ``jacobian``/``jacobian_projections`` decide a per-model measurement that is stored with
 #: its method and redone when another one is asked for (they decide no stored row)
-NOT_IN_IDENTITY = ("device", "budget", "searches", "jacobian", "jacobian_projections")
+NOT_IN_IDENTITY = ("device", "download", "budget", "searches", "jacobian", "jacobian_projections")
 #: config fields in a run's identity only when set (the model and image-folder options), so
 #: that adding them left the identity of every run that does not use them as it was
 OPTIONAL_IN_IDENTITY = ("arch_kwargs", "num_classes", "mean", "std", "input_size", "image_size", "resize", "crop")
@@ -292,7 +293,8 @@ def load_data(name: str, config: Any, model: Optional[nn.Module] = None) -> Data
         note = "bundled MNIST slice requested"
     else:
         try:
-            ds = load_dataset(name, "test", data_root=config.data_root)
+            ds = load_dataset(name, "test", data_root=config.data_root,
+                              download=bool(getattr(config, "download", False)))
         except DataNotFoundError as exc:
             # a file that is there but unreadable is an error, not a reason to use the bundled slice
             if config.source == "local" or name != "mnist" or config.n > BUNDLED_MNIST_SIZE or \

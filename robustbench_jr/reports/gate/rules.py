@@ -327,8 +327,9 @@ class _Parser:
                           f"({', '.join(kinds) or 'none'}), got {len(parts)}")
         elif kinds:
             ex = self.vocab.arg_examples
-            self.fail(f"{name} needs [{', '.join(a.upper() for a in kinds)}], e.g. "
-                      f"{name}[{', '.join(ex.get(a, a) for a in kinds)}]")
+            shown = ("baseline." if base else "") + name  # the hint is written as the rule would be
+            self.fail(f"{shown} needs [{', '.join(a.upper() for a in kinds)}], e.g. "
+                      f"{shown}[{', '.join(ex.get(a, a) for a in kinds)}]")
         return Metric(name, args, base)
 
 
