@@ -68,10 +68,13 @@ def test_run_json_end_to_end(ckpt, small_cfg, tmp_path):
     assert set(m) >= {"name", "checkpoint", "clean_accuracy", "jacobian_norm", "searches"}
     assert 0.0 <= m["clean_accuracy"] <= 1.0 and m["jacobian_norm"] > 0
     assert list(m["searches"]) == SEARCHES
+    assert doc["schema"] == "robustbench-jr/audit/v1" and doc["schema_version"] == 1  # the output schema
+    assert doc["complete"] is True and doc["budget"]["name"] == "paper"
     for s, v in m["searches"].items():
-        assert set(v) == {"n", "success_rate", "not_fooled", "median_l2", "mean_l2", "rho_adv", "protocol",
-                          "config"}, s
-        assert v["n"] == 8 and 0.0 <= v["success_rate"] <= 1.0
+        assert set(v) >= {"search", "n", "n_expected", "complete", "success_rate", "not_fooled", "median_l2",
+                          "mean_l2", "rho_adv", "n_rho", "protocol", "config"}, s
+        assert v["search"] == s and isinstance(v["config"], dict) and v["protocol"]
+        assert v["n"] == v["n_expected"] == 8 and v["complete"] is True and 0.0 <= v["success_rate"] <= 1.0
         assert v["not_fooled"] == round(8 * (1 - v["success_rate"]))
         for k in ("median_l2", "mean_l2", "rho_adv"):
             assert v[k] is None or v[k] >= 0.0
@@ -234,8 +237,10 @@ def test_no_arguments_is_the_bundled_quick_audit(monkeypatch):
     assert cfg.attacks == SEARCHES and cfg.n == 100 and cfg.source == "bundled" and cfg.budget == "quick"
     r = invoke(["run", "some-ckpt", "--json"])
     assert seen["config"].budget == "paper" and seen["config"].source == "auto"
-    assert json.loads(r.stdout) == {"run_dir": "runs/x", "models": [], "warnings": [],
-                                    "metrics_note": ev.SAMPLES_NOTE}
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "robustbench-jr/audit/v1" and doc["schema_version"] == 1
+    assert {k: doc[k] for k in ("run_dir", "models", "warnings", "metrics_note")} == {
+        "run_dir": "runs/x", "models": [], "warnings": [], "metrics_note": ev.SAMPLES_NOTE}
 
 
 def test_bare_state_dict_needs_and_takes_arch(tmp_path):

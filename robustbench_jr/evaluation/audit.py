@@ -42,6 +42,7 @@ from .best import BEST, best_rows
 from .jnorm import DEFAULT_PROJECTIONS, JACOBIAN_MODES
 from .jnorm import describe as jnorm_describe
 from .metrics import SAMPLES_NOTE, error_curve
+from .output import budget_block, document, model_block, run_block, search_block
 from .plan import (ALL_SEARCHES, BUDGETS, DataEntry, ModelEntry, batch_key, data_from_tensors, known_searches,
                    load_data, model_options, models_from_checkpoints, plan_audit, weights_sha256)
 from .store import ResultStore
@@ -53,8 +54,6 @@ SUBSETS = ("first", "random")
 SOURCES = ("auto", "bundled", "local")
 #: σ grid of the noise-accuracy curve (Hoffman et al. Fig. 3a), pixel units in [0, 1]
 DEFAULT_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
-#: the summary numbers of the ``--json`` document, per model × search
-JSON_KEYS = ("n", "success_rate", "not_fooled", "median_l2", "mean_l2", "rho_adv")
 #: the per-search override example of the docs and messages (YAML; a key of :class:`CWConfig`)
 SEARCHES_EXAMPLE = "{cw: {max_iterations: 500}}"
 
@@ -163,40 +162,43 @@ class AuditConfig:
 # results
 # ---------------------------------------------------------------------------
 
-def _json_safe(obj: Any) -> Any:
-    """NaN and ±inf become null (JSON has neither)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def json_document(summary: dict) -> dict:
-    """The ``jr-eval run --json`` document of a run summary (:func:`summarize_run`):
-    run_dir, warnings and per model the summary numbers (NaN/inf as null): ``best`` (the
-    per-sample best known distance over the searches, the headline, with ``found_by``),
-    per search :data:`JSON_KEYS` with its ``protocol`` and resolved ``config``, and
-    ``jacobian`` (method, N, both spaces, standard errors, the card's values)."""
+    """The ``jr-eval run --json`` document (schema ``robustbench-jr/audit/v1``, see
+    :mod:`.output` and docs/reports.md "Output schema") of a run summary (:func:`summarize_run`):
+    the run block (run_dir, budget, seed, complete/incomplete) with per model the model block
+    (:func:`.output.model_block`: N, clean accuracy, ‖J‖_F, noise accuracy, per search the search
+    block with its numbers, N stored and expected, protocol and resolved config, and ``best``, the
+    per-sample best known distance over the searches, the headline, with ``found_by``), then
+    ``warnings`` and ``metrics_note``. Non-finite numbers are null (:data:`.output.NULL_MEANING`)."""
     models = []
     for m in summary["models"]:
         settings = m.get("search_settings") or {}
-        best = m.get("best")
-        models.append({
-            "name": m["name"], "checkpoint": m["checkpoint"], "dataset": m.get("dataset"),
-            "clean_accuracy": m["clean_accuracy"], "jacobian_norm": m["jacobian_norm"],
-            "jacobian": m.get("jacobian"),
-            "best": None if best is None else {**{k: best[k] for k in JSON_KEYS}, "protocol": best["protocol"],
-                                               "found_by": best["found_by"]},
-            "searches": {s: {**{k: v[k] for k in JSON_KEYS}, "protocol": v.get("protocol"),
-                             "config": (settings.get(s) or {}).get("config")}
-                         for s, v in m["searches"].items()},
-            "noise_accuracy": m.get("noise_accuracy", []),
-        })
-    return _json_safe({"run_dir": summary["run_dir"], "models": models,
-                       "warnings": summary.get("warnings", []), "metrics_note": SAMPLES_NOTE})
+        coverage = m.get("coverage") or {}
+        n_model = m.get("n")
+
+        def expected(s: str) -> Optional[int]:
+            cov = coverage.get(s)
+            return cov[1] if cov is not None and cov[1] is not None else n_model
+
+        searches = {s: search_block(s, v, config=(settings.get(s) or {}).get("config"),
+                                    protocol=v.get("protocol") or (settings.get(s) or {}).get("protocol"),
+                                    n_expected=expected(s))
+                    for s, v in m["searches"].items()}
+        b = m.get("best")
+        best = None if b is None else search_block(
+            BEST, b, config=None, protocol=b.get("protocol"), n_expected=n_model,
+            complete=all(v["complete"] for v in searches.values()), over=b.get("over", list(searches)),
+            found_by=b.get("found_by") or {})
+        models.append(model_block(
+            name=m["name"], checkpoint=m.get("checkpoint"), dataset=m.get("dataset"), n=n_model,
+            clean_accuracy=m.get("clean_accuracy"), jacobian_norm=m.get("jacobian_norm"), jacobian=m.get("jacobian"),
+            noise_accuracy=m.get("noise_accuracy") or [], searches=searches, best=best))
+    incomplete = list(summary.get("incomplete") or [])
+    body = run_block(run_dir=summary.get("run_dir"), budget=budget_block(summary.get("budget")),
+                     seed=summary.get("seed"), complete=summary.get("complete", not incomplete),
+                     incomplete=incomplete, models=models)
+    body.update(warnings=summary.get("warnings", []), metrics_note=summary.get("metrics_note", SAMPLES_NOTE))
+    return document("audit", body)
 
 
 @dataclass

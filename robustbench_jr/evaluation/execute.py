@@ -29,7 +29,8 @@ from safetensors.torch import save as _st_save
 
 from ..errors import ConfigError, InputError
 from ..runtime import SINGLE, Dist, EventHandler, emit, generator, hardware, now, versions
-from .metrics import SAMPLES_NOTE, order_violations, summarize
+from .metrics import SAMPLES_NOTE, order_violations
+from .output import card_n_inputs, search_numbers
 from . import jnorm
 from .best import best_rows, found_by
 from .plan import AuditPlan, ModelEntry, batch_key, batches, differences, search_config, search_settings
@@ -548,7 +549,7 @@ def _order_checks(run: _Run, m: ModelEntry) -> None:
 def summarize_run(store: ResultStore, models: Optional[Sequence[str]] = None,
                   searches: Optional[Sequence[str]] = None) -> dict:
     """The run's summary from stored rows: per model clean accuracy, ‖J‖_F (:func:`jacobian_summary`),
-    noise accuracy, per search :func:`.metrics.summarize` with its ``protocol``
+    noise accuracy, per search :func:`.output.search_numbers` with its ``protocol``
     (:func:`.plan.protocol`), ``search_settings`` (each search's resolved config and protocol)
     and ``best``: the summary of the per-sample best known distance over the searches
     (:mod:`.best`; ``found_by``: how many samples each search holds it for), the headline."""
@@ -556,6 +557,7 @@ def summarize_run(store: ResultStore, models: Optional[Sequence[str]] = None,
     rows = {r["model"]: r for r in store.models()}
     names = list(models) if models is not None else list(rows)
     settings = search_settings(meta)
+    done = store.completeness()
     out_models = []
     for name in names:
         r = rows.get(name, {})
@@ -564,12 +566,13 @@ def summarize_run(store: ResultStore, models: Optional[Sequence[str]] = None,
         cols = {}
         for s in snames:
             res = cols[s] = store.results(name, s)
-            per[s] = summarize(res["l2"], res["x_norm"], res["fooled"])
+            jsma = s.lower().startswith("jsma")  # JSMA's L0 numbers beside its L2 ones
+            per[s] = search_numbers(res, card_n_inputs(r.get("card")) if jsma else None, l0=jsma)
             per[s]["protocol"] = settings.get(name, {}).get(s, {}).get("protocol")
         best = None
         if cols and any(len(c["l2"]) for c in cols.values()):
             b = best_rows(cols, snames)
-            best = {**summarize(b["l2"], b["x_norm"], b["fooled"]), "protocol": f"best of {', '.join(snames)}",
+            best = {**search_numbers(b), "protocol": f"best of {', '.join(snames)}",
                     "over": list(snames), "found_by": found_by(b)}
         out_models.append({
             "name": name,
@@ -582,6 +585,10 @@ def summarize_run(store: ResultStore, models: Optional[Sequence[str]] = None,
             "best": best,
             "searches": per,
             "search_settings": settings.get(name, {}),
+            "n": r.get("n"),
+            "coverage": done["coverage"].get(name, {}),
         })
     return {"run_dir": None if store.run_dir is None else str(store.run_dir), "models": out_models,
+            "budget": (meta.get("config") or {}).get("budget"), "seed": meta.get("seed"),
+            "complete": done["complete"], "incomplete": done["reasons"],
             "warnings": meta.get("warnings", []), "metrics_note": SAMPLES_NOTE}

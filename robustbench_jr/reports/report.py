@@ -30,7 +30,9 @@ def write_report(run_dirs, out_dir: str | Path, log_x: bool = False, title: Opti
     """Read the stored results of ``run_dirs`` and write into ``out_dir``:
 
     ``report.html`` (self-contained), ``summary.json``/``.csv``/``.md`` and every
-    figure as ``.png`` and ``.svg``. Nothing is re-attacked. ``names``: display names of
+    figure as ``.png`` and ``.svg``. ``summary.json`` is the ``robustbench-jr/report/v1``
+    document of the output schema (:mod:`robustbench_jr.evaluation.output`: the run blocks, the
+    table rows, non-finite numbers as null). Nothing is re-attacked. ``names``: display names of
     the runs (see :func:`~robustbench_jr.reports.runs.load_runs`).
     """
     runs = load_runs(run_dirs, names)

@@ -1,21 +1,22 @@
 """Summary tables (Hoffman Table 1 / Jakubovitz–Giryes Table 3 style): rows, Markdown, CSV, JSON.
 
 Every number comes from the metric registry (:mod:`robustbench_jr.evaluation.metrics`);
-the terminal rendering of these rows (rich) lives in :mod:`robustbench_jr.cli.render`."""
+the terminal rendering of these rows (rich) lives in :mod:`robustbench_jr.cli.render`.
+``summary.json`` is the ``robustbench-jr/report/v1`` document of the output schema
+(:mod:`robustbench_jr.evaluation.output`); :func:`run_block_of` builds the run block of a stored
+run that it and the gate's JSON share."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import PurePath
 from typing import Any, Optional
 
-from ..errors import InputError
-from ..evaluation import metrics
+from ..evaluation import metrics, output
 from ..evaluation.best import BEST, found_by
-from .runs import RunData, all_models, search_kind, search_label
+from .runs import ModelData, RunData, search_kind, search_label
 
 CHECKPOINT_CAPTION = (
     "Clean test accuracy and mean Frobenius norm of the input–logit Jacobian ‖J‖_F per checkpoint, as stored "
@@ -50,28 +51,11 @@ def _meta_summary(meta: dict) -> dict:
 
 
 def search_metrics(r: dict, n_inputs: Optional[int] = None, l0: bool = False) -> dict:
-    """The numbers of one checkpoint × search row: :func:`~robustbench_jr.evaluation.metrics.summarize`
-    plus ``n_rho`` and, with ``l0`` (JSMA), ``median_l0, mean_l0`` over the fooled samples (and
-    their fractions of the ``n_inputs`` input components when that is known)."""
-    try:
-        out = metrics.summarize(r["l2"], r["x_norm"], r["fooled"])
-    except ValueError as exc:
-        raise InputError(f"stored results are inconsistent: {exc}") from None
-    names = ["n_rho"]
-    if l0:
-        names += ["median_l0", "mean_l0"] + (["median_l0_frac", "mean_l0_frac"] if n_inputs else [])
-    out.update(metrics.values(metrics.Samples.of(r, n_inputs), names))
-    return out
-
-
-def _mark_partial(runs: list[RunData], rows: list[dict]) -> None:
-    """Every search row says whether its numbers cover all of the audit's samples
-    (``complete``, ``n_expected``); a run that is not finished says why (``incomplete``)."""
-    models = {(m.run.name, m.name): m for m in all_models(runs)}
-    for row in rows:
-        m = models[(row["run"], row["model"])]
-        row["n_expected"] = m.samples(row["search"])[1]
-        row["complete"] = not m.partial(row["search"])
+    """The numbers of one checkpoint × search row (:func:`robustbench_jr.evaluation.output.search_numbers`):
+    :func:`~robustbench_jr.evaluation.metrics.summarize` plus ``n_rho`` and, with ``l0`` (JSMA),
+    ``median_l0, mean_l0`` over the fooled samples (and their fractions of the ``n_inputs`` input
+    components when that is known)."""
+    return output.search_numbers(r, n_inputs, l0)
 
 
 def partial_note(row: dict) -> str:
@@ -82,36 +66,70 @@ def partial_note(row: dict) -> str:
     return f" (partial: {row.get('n')} of {n} samples)" if n is not None else " (partial)"
 
 
+def _search_block(m: ModelData, s: str, r: dict) -> dict:
+    """The search block of ``m`` × ``s`` (``best`` included) from its stored rows."""
+    is_jsma = search_kind(s) == "jsma"
+    numbers = search_metrics(r, m.n_inputs if is_jsma else None, l0=is_jsma)
+    n_expected = m.samples(s)[1]
+    if s == BEST:
+        return output.search_block(s, numbers, config=None, protocol=f"best of {', '.join(m.run_searches)}",
+                                   n_expected=n_expected, complete=not m.partial(s), over=m.run_searches,
+                                   found_by=found_by(r))
+    settings = m.settings.get(s) or {}
+    return output.search_block(s, numbers, config=settings.get("config"), protocol=settings.get("protocol"),
+                               n_expected=n_expected, complete=not m.partial(s))
+
+
+def model_block_of(m: ModelData) -> dict:
+    """The model block (:func:`robustbench_jr.evaluation.output.model_block`) of a stored model,
+    with its display ``label`` and its ``run``'s name."""
+    blocks = {s: _search_block(m, s, r) for s, r in m.results.items()}
+    best = blocks.pop(BEST, None)
+    return output.model_block(
+        name=m.name, checkpoint=m.checkpoint, dataset=m.card.get("dataset"), n=m.clean_n(),
+        clean_accuracy=m.clean_acc(), jacobian_norm=m.jacobian_norm, jacobian=m.jacobian,
+        noise_accuracy=[{"sigma": s, "accuracy": a, "n": k} for s, a, k in m.noise], searches=blocks, best=best,
+        label=m.label or m.name, run=m.run.name, architecture=m.card.get("architecture"))
+
+
+def run_block_of(run: RunData, role: Optional[str] = None) -> dict:
+    """The run block (:func:`robustbench_jr.evaluation.output.run_block`) of a stored run: its
+    name, budget, seed, whether it is finished and every model's block; ``role`` (the gate:
+    ``run`` or ``baseline``) when given."""
+    extra = {"name": run.name, "meta": _meta_summary(run.meta)}
+    if role is not None:
+        extra["role"] = role
+    budget = output.budget_block((run.meta.get("config") or {}).get("budget"))
+    return output.run_block(run_dir=str(run.run_dir), budget=budget, seed=run.meta.get("seed"),
+                            complete=not run.incomplete, incomplete=list(run.incomplete),
+                            models=[model_block_of(m) for m in run.models], **extra)
+
+
 def build_summary(runs: list[RunData]) -> dict:
-    """Everything the tables show, as plain data (also the content of ``summary.json``)."""
+    """Everything the tables show, as plain data (also the content of ``summary.json``): the run
+    blocks (``runs``: every model's numbers per search, its config, protocol and N) and the table
+    rows read from them (``checkpoints``, and ``searches``: one search block per checkpoint ×
+    search with the checkpoint's columns, the best known distance last)."""
+    blocks = [run_block_of(r) for r in runs]
     checkpoints, rows = [], []
-    for m in all_models(runs):
-        checkpoints.append({
-            "checkpoint": m.label, "run": m.run.name, "model": m.name, "source": m.checkpoint,
-            "architecture": m.card.get("architecture"), "dataset": m.card.get("dataset"),
-            "clean_accuracy": m.clean_acc(), "jacobian_norm": m.jacobian_norm, "n": m.clean_n(),
-            "jacobian": m.jacobian,
-            "searches": m.searches,
-            "noise_accuracy": [{"sigma": s, "accuracy": a, "n": k} for s, a, k in m.noise],
-        })
-        for s, r in m.results.items():
-            is_jsma = search_kind(s) == "jsma"
-            summ = search_metrics(r, m.n_inputs if is_jsma else None, l0=is_jsma)
-            if s == BEST:
-                extra = {"protocol": f"best of {', '.join(m.run_searches)}", "found_by": found_by(r)}
-            else:
-                extra = {"protocol": (m.settings.get(s) or {}).get("protocol")}
-            rows.append({"checkpoint": m.label, "run": m.run.name, "model": m.name, "search": s,
-                         "search_label": search_label(s), **summ, **extra,
-                         "clean_accuracy": m.clean_acc(), "jacobian_norm": m.jacobian_norm})
-    _mark_partial(runs, rows)
+    for run, rb in zip(runs, blocks):
+        for m, mb in zip(run.models, rb["models"]):
+            checkpoints.append({
+                "checkpoint": mb["label"], "run": run.name, "model": m.name, "source": m.checkpoint,
+                "architecture": mb["architecture"], "dataset": mb["dataset"],
+                "clean_accuracy": mb["clean_accuracy"], "jacobian_norm": mb["jacobian_norm"], "n": mb["n"],
+                "jacobian": mb["jacobian"],
+                "searches": m.searches,
+                "noise_accuracy": mb["noise_accuracy"],
+            })
+            for blk in list(mb["searches"].values()) + ([mb["best"]] if mb["best"] is not None else []):
+                rows.append({"checkpoint": mb["label"], "run": run.name, "model": m.name, "search": blk["search"],
+                             "search_label": search_label(blk["search"]), **blk,
+                             "clean_accuracy": mb["clean_accuracy"], "jacobian_norm": mb["jacobian_norm"]})
     return {
         "definitions": metrics.definitions(DEFINED_METRICS),
         "captions": {"checkpoints": CHECKPOINT_CAPTION, "searches": SEARCH_CAPTION},
-        "runs": [{"name": r.name, "run_dir": str(r.run_dir), "meta": _meta_summary(r.meta),
-                  "complete": not r.incomplete, "incomplete": list(r.incomplete),
-                  "models": [m.name for m in r.models],
-                  "search_settings": {m.name: m.settings for m in r.models}} for r in runs],
+        "runs": blocks,
         "checkpoints": checkpoints,
         "searches": rows,
     }
@@ -173,10 +191,12 @@ def settings_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     head = ["Run", "Model", "Search", "Protocol", "Config"]
     body = []
     for r in summary["runs"]:
-        for model, per in (r.get("search_settings") or {}).items():
-            for s, v in per.items():
-                cfg = ", ".join(f"{k}={_cfg_value(x)}" for k, x in (v.get("config") or {}).items())
-                body.append([r["name"], model, search_label(s), str(v.get("protocol") or "–"), cfg])
+        for m in r["models"]:
+            for s, v in m["searches"].items():
+                if v.get("config") is None:  # a store that recorded no config (by hand, older versions)
+                    continue
+                cfg = ", ".join(f"{k}={_cfg_value(x)}" for k, x in v["config"].items())
+                body.append([r["name"], m["name"], search_label(s), str(v.get("protocol") or "–"), cfg])
     return head, body
 
 
@@ -257,7 +277,8 @@ def markdown(summary: dict, title: str = "Robustness report") -> str:
     parts = [f"# {title}", ""]
     for r in summary["runs"]:
         meta = ", ".join(f"{k}={v}" for k, v in r["meta"].items() if not isinstance(v, (dict, list)))
-        parts.append(f"- run `{r['name']}` ({r['run_dir']}): {', '.join(r['models'])}" + (f" — {meta}" if meta else ""))
+        parts.append(f"- run `{r['name']}` ({r['run_dir']}): {', '.join(m['name'] for m in r['models'])}"
+                     + (f" — {meta}" if meta else ""))
     parts.append("")
     for title2, caption, (head, body) in (
         ("Checkpoints", CHECKPOINT_CAPTION, checkpoint_table_rows(summary)),
@@ -292,7 +313,10 @@ def to_csv(summary: dict) -> str:
 
 
 def jsonable(obj: Any) -> Any:
-    """NaN → null, ±inf → "inf"/"-inf", paths → strings, so that the file is strict JSON."""
+    """NaN → null, ±inf → "inf"/"-inf", paths → strings, so that the file is strict JSON: the
+    experiments' ``table.json`` (read back by :mod:`robustbench_jr.experiments.verify`). The
+    output-schema documents (``summary.json``, ``run --json``, the gate's JSON) use
+    :func:`robustbench_jr.evaluation.output.encode` instead (every non-finite number → null)."""
     if isinstance(obj, PurePath):
         return str(obj)
     if isinstance(obj, dict):
@@ -313,7 +337,9 @@ def jsonable(obj: Any) -> Any:
 
 
 def to_json(summary: dict, extra: Optional[dict] = None) -> str:
+    """``summary.json``: the ``robustbench-jr/report/v1`` document of :func:`build_summary`'s
+    dict (plus ``extra``), non-finite numbers as null (:mod:`robustbench_jr.evaluation.output`)."""
     data = dict(summary)
     if extra:
         data.update(extra)
-    return json.dumps(jsonable(data), indent=2, ensure_ascii=False)
+    return output.dumps(output.document("report", data))

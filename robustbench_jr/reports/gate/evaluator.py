@@ -30,11 +30,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from ...errors import ConfigError, InputError
-from ...evaluation import metrics
+from ...evaluation import metrics, output
 from ...evaluation.best import BEST
 from ...runtime import derive_seed
 from ..runs import ModelData, RunData, load_run
-from ..tables import jsonable
+from ..tables import run_block_of
 from .policy import Policy
 from .rules import BaselineSame, BinOp, Comparison, Func, Metric, Neg, Num, Rule, walk
 
@@ -295,6 +295,9 @@ class GateResult:
     #: how the run differs from its baseline where baseline rules compare them (only ever
     #: non-empty with ``allow_mismatch``: otherwise the gate refuses, see :func:`evaluate`)
     mismatches: list[str] = field(default_factory=list)
+    #: the run blocks (output schema ``$defs/run``) of the run judged and of its baseline: every
+    #: model's numbers per search with the budget, each search's config, protocol and N
+    runs: list[dict] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -313,10 +316,13 @@ class GateResult:
                                  "incomplete": list(self.incomplete)},
                 "policy": self.policy.to_dict(), "checks": [c.to_dict() for c in self.checks],
                 "summary": {"checks": len(self.checks), "passed": sum(c.passed for c in self.checks),
-                            "failed": sum(not c.passed for c in self.checks)}}
+                            "failed": sum(not c.passed for c in self.checks)},
+                "runs": list(self.runs)}
 
     def to_json(self) -> str:
-        return json.dumps(jsonable(self.to_dict()), indent=2, ensure_ascii=False)
+        """The ``robustbench-jr/gate/v1`` document of the output schema (:mod:`robustbench_jr.evaluation.output`;
+        non-finite numbers, e.g. an undefined margin, are null)."""
+        return output.dumps(output.document("gate", self.to_dict()))
 
 
 def _select(models: list[ModelData], patterns: Optional[list[str]]) -> list[ModelData]:
@@ -481,6 +487,7 @@ def evaluate(run_dir: str | Path, policy: Policy, allow_partial: bool = False) -
                                     bm.name if bm else None))
 
     res.allow_partial = allow_partial
+    res.runs = [run_block_of(run, "run")] + ([run_block_of(base, "baseline")] if base is not None else [])
     res.incomplete = [f"run: {x}" for x in run.incomplete] + \
         ([f"baseline: {x}" for x in base.incomplete] if base is not None else [])
     checks = iter(res.checks)
