@@ -106,8 +106,10 @@ pretrained weights. --arch, --arch-kwargs, --num-classes, --mean/--std and
 Without CHECKPOINT: the bundled checkpoints on the bundled MNIST slice with
 --budget quick (the demo audit, under 3 minutes on 2 CPU cores).
 For every model × search × sample one row goes to OUT/results.sqlite, committed
-per batch; rerunning the same command on the same OUT resumes, and an OUT that
-holds a run with a different config is refused. Defaults: N={_DEFAULTS.n}, all six
+per batch; rerunning the same command on the same OUT resumes. A command that adds
+searches (--attacks) or checkpoints to the run in OUT extends it: its rows are kept,
+only the new model × search work runs; an OUT whose run differs in anything they share
+(data, N, seed, a search's config, a model's weights) is refused. Defaults: N={_DEFAULTS.n}, all six
 searches with the paper protocols (--budget paper; per-search overrides in --config under
 `searches:`, e.g. `searches: {{cw: {{max_iterations: 500}}}}`), PGD saturation from the
 dataset (32/255 MNIST-like, 16/255 CIFAR-like), OUT = runs/audit-<config hash>.
@@ -135,7 +137,9 @@ Exit status: 0 when the audit completed, 2 on bad input.""")
                    "is missing; bundled: the bundled MNIST slice; local: local files only.  "
                    "[default: bundled without CHECKPOINT, else auto]")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Run directory (results.sqlite, config.yaml).  [default: runs/audit-<config hash>]")
+              help="Run directory (results.sqlite, config.yaml). Holding a run already: resumed, or extended "
+                   "with the searches and checkpoints this command adds when everything they share is unchanged "
+                   "(else refused, with the differences).  [default: runs/audit-<config hash>]")
 @config_option
 @click.option("--seed", type=int, default=None, help="Seed of all random draws.  [default: 0]")
 @click.option("--device", default=None, help="auto (CUDA when present), cpu, cuda or cuda:N.  [default: auto]")

@@ -90,7 +90,12 @@ def _train_options(fn=None, *, defaults: typing.Optional[dict] = None):
         device_option, config_option,
         click.option("--out", type=click.Path(file_okay=False), required=True,
                      help="Output directory: model.safetensors, card.yaml, metrics.jsonl, config.yaml."),
-        click.option("--resume", is_flag=True, help="Continue the interrupted run in --out."),
+        click.option("--resume", is_flag=True,
+                     help="Continue the interrupted run in --out, or extend a finished one with a larger --steps "
+                          "(or --epochs): it ends as an uninterrupted run of that length would (the step-decay "
+                          "schedule does not depend on the total). Besides the length, only --eval-every, "
+                          "--save-every, --log-every, --device and --download may change; fewer steps than "
+                          "are done, or any other change, is refused."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.option("--json", "as_json", is_flag=True, help="Print the final card as JSON on stdout."),
     ]

@@ -37,7 +37,7 @@ from ..config import build_config, check_constraints, param
 from ..data import get_dataset_info
 from ..errors import ConfigError
 from ..runtime import EventHandler, dist_context, resolve_device
-from .execute import execute, open_store, summarize_run
+from .execute import execute, open_store, run_scope, summarize_run
 from .best import BEST, best_rows
 from .jnorm import DEFAULT_PROJECTIONS, JACOBIAN_MODES
 from .jnorm import describe as jnorm_describe
@@ -371,7 +371,9 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
 
     Writes ``out_dir/results.sqlite`` and ``out_dir/config.yaml`` (default out dir:
     ``runs/audit-<config hash>``, so rerunning the same command resumes) and returns
-    the summary of :func:`summarize_run`. ``search_factory(name, overrides)`` replaces
+    the summary of :func:`summarize_run`. An ``out_dir`` holding a run that this one only
+    adds searches or models to is extended (see :func:`.execute.open_store`); the summary
+    is then the whole run's. ``search_factory(name, overrides)`` replaces
     :func:`robustbench_jr.attacks.build_search` (for tests and plug-ins).
 
     Under ``torchrun`` every rank calls this: the work is sharded by rank (see
@@ -396,6 +398,7 @@ def run_audit(checkpoints: Sequence[str], config: Optional[AuditConfig] = None,
     try:
         execute(plan, store, on_event, adversarials_dir=out / "adversarials" if config.save_adversarials else None,
                 dist=dist)
-        return summarize_run(store, [m.name for m in models], config.attacks) if dist.is_main else None
+        # the whole run: a run extended with searches or models shows the stored ones too
+        return summarize_run(store, *run_scope(plan)) if dist.is_main else None
     finally:
         store.close()

@@ -4,8 +4,11 @@ checks, then every search batch by batch into the store.
 Resuming: a batch is identified by a key derived from its sample ids, the search's
 resolved config and the seed; executing the same plan on the same store skips the
 finished batches, and since all randomness is derived from (seed, search, sample id)
-the resumed rows equal those of an uninterrupted run. A store that holds a run with a
-different identity is refused instead of mixed (:func:`open_store`).
+the resumed rows equal those of an uninterrupted run. A plan that only adds searches or
+models to the stored run (everything they share unchanged) extends it: the stored rows
+are kept, only the new (model, search) work runs, and the run's identity becomes the
+union (:func:`.plan.extend_identity`). A store that holds a run whose shared parts differ
+is refused instead of mixed (:func:`open_store`).
 
 Progress and warnings leave through ``on_event`` (:class:`robustbench_jr.runtime.Event`):
 task ``audit`` (one unit per model × search), task ``batches`` (per search),
@@ -20,7 +23,7 @@ import sys
 import time
 import warnings as _warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +36,8 @@ from .metrics import SAMPLES_NOTE, order_violations
 from .output import card_n_inputs, search_numbers
 from . import jnorm
 from .best import best_rows, found_by
-from .plan import AuditPlan, ModelEntry, batch_key, batches, differences, search_config, search_settings
+from .plan import (AuditPlan, ModelEntry, batch_key, batches, extend_identity, extend_resolved, search_config,
+                   search_settings, short_hash)
 from .store import ResultStore, RunLock
 
 #: (weaker, stronger) pairs checked for search-order violations, and the thresholds
@@ -195,8 +199,11 @@ def save_shard(path: Path, adversarial, ids, meta: dict) -> None:
 
 
 def open_store(out: Optional[Path], plan: AuditPlan) -> ResultStore:
-    """The run's store at ``out`` (None: in memory); a store holding a run with another
-    identity is refused with the list of differences."""
+    """The run's store at ``out`` (None: in memory). A store holding a run with another
+    identity is extended when ``plan`` only adds searches or models to it
+    (:func:`.plan.extend_identity`): ``plan.identity``, ``plan.config_hash`` and
+    ``plan.resolved`` then become the union's, which :func:`execute` records. Otherwise
+    it is refused with the list of differences."""
     if out is None:
         return ResultStore(None)
     if out.exists() and not out.is_dir():
@@ -207,13 +214,20 @@ def open_store(out: Optional[Path], plan: AuditPlan) -> ResultStore:
         meta = store.meta()
         old_hash = meta.get("config_hash")
         has_rows = store.conn.execute("SELECT 1 FROM results LIMIT 1").fetchone() is not None
-        if (old_hash is not None and old_hash != plan.config_hash) or (old_hash is None and has_rows):
+        diffs = ["no recorded config"] if old_hash is None and has_rows else []
+        if old_hash is not None and old_hash != plan.config_hash:
+            union, diffs = extend_identity(meta.get("identity") or {}, plan.identity)
+            if union is not None:
+                plan.resolved = extend_resolved(meta.get("config") or {}, plan.resolved, union, plan.models,
+                                                meta.get("identity") or {})
+                plan.identity, plan.config_hash = union, short_hash(union)
+        if diffs:
             store.close()
-            diffs = differences(meta.get("identity", {}), plan.identity) if old_hash else ["no recorded config"]
             raise ConfigError(
                 f"{out} already holds an audit run with a different config, refusing to mix results.\n"
                 + "".join(f"  - {d}\n" for d in diffs)
-                + "Use another --out directory, or delete this one to start over.")
+                + "Searches and models can be added to a run only when everything they share with it is "
+                  "unchanged. Use another --out directory, or delete this one to start over.")
         return store
     return ResultStore(out, lock=lock)
 
@@ -274,10 +288,12 @@ class _Run:
                  on_event: Optional[EventHandler], dist: Dist):
         self.plan, self.store, self.writer, self.on_event, self.dist = plan, store, writer, on_event, dist
         self.meta = store.meta()
-        # the sanity and order checks are redone on every invocation; warnings that the
-        # searches raised on batches finished earlier are kept
+        # the sanity and order checks of the planned models are redone on every invocation;
+        # warnings that the searches raised on batches finished earlier, and every warning of a
+        # stored model this invocation does not audit (a run extended with another model), are kept
+        planned = {m.name for m in plan.models}
         self.warnings: list[dict] = [w for w in self.meta.get("warnings", [])
-                                     if str(w.get("check", "")).startswith("search:")]
+                                     if str(w.get("check", "")).startswith("search:") or w.get("model") not in planned]
         self.timings: dict = self.meta.get("timings", {}) if writer is store else {}
         self.computing = False
 
@@ -366,8 +382,10 @@ def _write_meta(plan: AuditPlan, store: ResultStore, on_event: Optional[EventHan
     store.set_meta("identity", plan.identity)
     store.set_meta("config_hash", plan.config_hash)
     store.set_meta("seed", cfg.seed)
-    store.set_meta("data", {d.name: {"provenance": d.provenance, "n": len(d.dataset), "subset": cfg.subset,
-                                     "fingerprint": d.fingerprint} for d in plan.data.values()})
+    # a run extended with a model on another dataset keeps the stored datasets' entries
+    store.set_meta("data", {**(store.meta().get("data") or {}),
+                            **{d.name: {"provenance": d.provenance, "n": len(d.dataset), "subset": cfg.subset,
+                                        "fingerprint": d.fingerprint} for d in plan.data.values()}})
     store.set_meta("metrics_note", SAMPLES_NOTE)
     if store.run_dir is not None:
         tmp = store.run_dir / "config.yaml.tmp"
@@ -530,7 +548,10 @@ def _run_batch(run: _Run, m: ModelEntry, sname: str, bi: int, sl: slice, adversa
 
 
 def _order_checks(run: _Run, m: ModelEntry) -> None:
-    results = {s: run.store.results(m.name, s) for s in run.plan.config.attacks}
+    # every search stored for the model (a run extended with more searches holds earlier ones too)
+    stored = {x.get("name"): x.get("searches") or {} for x in run.plan.identity.get("models") or []}.get(m.name, {})
+    configs = {**stored, **{s: search_config(m.searches[s]) for s in run.plan.config.attacks}}
+    results = {s: run.store.results(m.name, s) for s in configs}
     for weak, strong in ORDER_PAIRS:
         if weak in results and strong in results:
             v, c = order_violations(results[weak]["l2"], results[strong]["l2"])
@@ -538,7 +559,7 @@ def _order_checks(run: _Run, m: ModelEntry) -> None:
                 why = ("raw DeepFool (the papers' protocol) returns its first fooling iterate, which can lie "
                        "far past the boundary; 'best' takes the smaller distance per sample, and "
                        "'searches: {deepfool: {refine: true}}' bisects back to the boundary"
-                       if strong == "deepfool" and not search_config(m.searches[strong]).get("refine") else
+                       if strong == "deepfool" and not (configs[strong] or {}).get("refine") else
                        f"{strong} is probably under-budgeted or the model masks gradients; its distances "
                        "overstate robustness")
                 run.warn(m.name, "search-order",
@@ -546,13 +567,21 @@ def _order_checks(run: _Run, m: ModelEntry) -> None:
                          f"({v / c:.0%}) that both fooled: {why}")
 
 
+def run_scope(plan: AuditPlan) -> tuple[list[str], dict[str, list[str]]]:
+    """The models of ``plan``'s identity and each one's searches, in order: after
+    :func:`open_store`, the whole run a plan extended (the stored models and searches too)."""
+    ident = plan.identity.get("models") or []
+    return [m["name"] for m in ident], {m["name"]: list(m.get("searches") or {}) for m in ident}
+
+
 def summarize_run(store: ResultStore, models: Optional[Sequence[str]] = None,
-                  searches: Optional[Sequence[str]] = None) -> dict:
+                  searches: Optional[Sequence[str] | Mapping[str, Sequence[str]]] = None) -> dict:
     """The run's summary from stored rows: per model clean accuracy, ‖J‖_F (:func:`jacobian_summary`),
     noise accuracy, per search :func:`.output.search_numbers` with its ``protocol``
     (:func:`.plan.protocol`), ``search_settings`` (each search's resolved config and protocol)
     and ``best``: the summary of the per-sample best known distance over the searches
-    (:mod:`.best`; ``found_by``: how many samples each search holds it for), the headline."""
+    (:mod:`.best`; ``found_by``: how many samples each search holds it for), the headline.
+    ``searches``: one list for every model, or a list per model name (:func:`run_scope`)."""
     meta = store.meta()
     rows = {r["model"]: r for r in store.models()}
     names = list(models) if models is not None else list(rows)
@@ -561,7 +590,10 @@ def summarize_run(store: ResultStore, models: Optional[Sequence[str]] = None,
     out_models = []
     for name in names:
         r = rows.get(name, {})
-        snames = list(searches) if searches is not None else store.searches(name)
+        if isinstance(searches, Mapping):
+            snames = list(searches.get(name) or store.searches(name))
+        else:
+            snames = list(searches) if searches is not None else store.searches(name)
         per = {}
         cols = {}
         for s in snames:

@@ -519,6 +519,85 @@ def differences(old: dict, new: dict) -> list[str]:
     return diffs or ["(config hash differs)"]
 
 
+#: audit fields of an identity that a run extended with more searches may differ in (the
+#: search list, which becomes the union); every other audit field is shared by all the rows
+EXTENDS = ("attacks",)
+
+
+def _config_diffs(prefix: str, old: dict, new: dict) -> list[str]:
+    return [f"{prefix}{key}: {old.get(key)!r} → {new.get(key)!r}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
+def extend_identity(old: dict, new: dict) -> tuple[Optional[dict], list[str]]:
+    """Whether the run ``new`` (an :func:`identity`) may be added to the stored run ``old``:
+    ``(union, [])`` when every part they share is unchanged — the audit config (data
+    selection, N, subset, seed, batch size, σ grid, … all but the search list), each shared
+    model's weights, dataset and test samples, each shared (model, search)'s resolved config,
+    and the test samples of each shared dataset — else ``(None, conflicts)``, the readable
+    list of what changed.
+
+    The union holds the stored models in their order, each with its stored searches and the
+    new ones, then the new models; its search list is the stored one followed by the new
+    names. Stored rows stay valid under it (their keys are unchanged) and only the new
+    (model, search) pairs have work to do. A ``new`` that is part of ``old`` gives ``old``."""
+    conflicts: list[str] = []
+    oa, na = old.get("audit") or {}, new.get("audit") or {}
+    for k in sorted(set(oa) | set(na)):
+        if k not in EXTENDS and oa.get(k) != na.get(k):
+            conflicts.append(f"{k}: {oa.get(k)!r} → {na.get(k)!r}")
+    om = {m.get("name"): m for m in old.get("models") or []}
+    nm = {m.get("name"): m for m in new.get("models") or []}
+    samples = {m.get("dataset"): m.get("data") for m in om.values()}
+    for name, n in nm.items():
+        o = om.get(name)
+        if o is None:
+            if n.get("dataset") in samples and samples[n.get("dataset")] != n.get("data"):
+                conflicts.append(f"{n.get('dataset')}: test samples differ (model {name})")
+            continue
+        for k, what in (("weights_sha256", "weights"), ("dataset", "dataset"), ("data", "test samples")):
+            if o.get(k) != n.get(k):
+                conflicts.append(f"{name}: {what} differ" + (" (another model with this name: give it another "
+                                                             "directory name)" if k == "weights_sha256" else ""))
+        os_, ns_ = o.get("searches") or {}, n.get("searches") or {}
+        for sname in [s for s in ns_ if s in os_]:
+            for d in _config_diffs(f"searches.{sname}.", os_[sname] or {}, ns_[sname] or {}):
+                if d not in conflicts:
+                    conflicts.append(d)
+    if conflicts:
+        return None, conflicts
+    attacks = list(oa.get("attacks") or [])
+    attacks += [a for a in na.get("attacks") or [] if a not in attacks]
+    models = []
+    for name, o in om.items():
+        searches = dict(o.get("searches") or {})
+        for sname, c in ((nm.get(name) or {}).get("searches") or {}).items():
+            searches.setdefault(sname, c)
+        models.append({**o, "searches": searches})
+    models += [n for name, n in nm.items() if name not in om]
+    return {**old, "audit": {**oa, "attacks": attacks}, "models": models}, []
+
+
+def extend_resolved(old: dict, new: dict, union: dict, models: Sequence[ModelEntry], stored: dict) -> dict:
+    """The resolved config (``config.yaml``) of a run extended by a plan: the plan's resolved
+    config ``new`` with the search list of the ``union`` identity, the stored run's search
+    configs (``old``) and the plan's for the added searches, and the stored checkpoints followed
+    by those of the plan's ``models`` that the ``stored`` identity did not hold."""
+    out = dict(new)
+    out["attacks"] = list((union.get("audit") or {}).get("attacks") or new.get("attacks") or [])
+    searches = {**(new.get("searches") or {}), **(old.get("searches") or {})}
+    out["searches"] = {a: searches[a] for a in out["attacks"] if a in searches}
+    ckpts = list(old.get("checkpoints") or [])
+    had = {m.get("name") for m in stored.get("models") or []}
+    new_ckpts = list(new.get("checkpoints") or [])
+    if len(new_ckpts) == len(models):
+        added = [c for c, m in zip(new_ckpts, models) if m.name not in had]
+    else:
+        added = new_ckpts
+    out["checkpoints"] = ckpts + [c for c in added if c not in ckpts]
+    return {"checkpoints": out.pop("checkpoints"), **out}
+
+
 def batch_key(sample_ids: Sequence[int], search: str, search_config: dict, seed: int) -> str:
     """Deterministic key of one batch: its sample ids, the search and its config, the seed."""
     return short_hash({"ids": [int(i) for i in sample_ids], "search": search, "config": search_config,

@@ -297,7 +297,8 @@ class ResultStore:
         Unfinished: the meta ``status`` is not ``complete`` (``jr-eval run`` sets ``running``
         when it starts computing and ``complete`` at its end), a model of the run's identity has
         no row yet, or a search of the run's config has fewer rows than the model's samples or
-        fewer finished batches than it has batches. A store written without a status (by hand,
+        fewer finished batches than it has batches (the searches of a model are those the identity
+        lists for it, else the run's). A store written without a status (by hand,
         by an older version) is judged by its rows alone."""
         meta = self.meta()
         reasons: list[str] = []
@@ -309,6 +310,10 @@ class ResultStore:
         wanted = audit.get("attacks") if isinstance(audit.get("attacks"), list) else None
         bs = audit.get("batch_size") if isinstance(audit.get("batch_size"), int) and audit["batch_size"] > 0 else None
         stored = {m: n for m, n in self.conn.execute("SELECT model, n FROM models ORDER BY rowid")}
+        # each model's own searches (a run extended with searches or models need not run every
+        # search on every model); the run's search list for a model the identity does not list
+        per_model = {m["name"]: list(m["searches"]) for m in ident.get("models") or []
+                     if isinstance(m, dict) and m.get("name") and isinstance(m.get("searches"), dict)}
         for m in ident.get("models") or []:
             name = m.get("name") if isinstance(m, dict) else None
             if name and name not in stored:
@@ -320,7 +325,7 @@ class ResultStore:
             done = dict(self.conn.execute("SELECT search, COUNT(*) FROM batches WHERE model=? GROUP BY search",
                                           (model,)))
             cov = coverage[model] = {}
-            for search in (wanted if wanted is not None else list(rows)):
+            for search in per_model.get(model, wanted if wanted is not None else list(rows)):
                 k = int(rows.get(search, 0))
                 cov[search] = [k, n]
                 if n is not None and k < n:

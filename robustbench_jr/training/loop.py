@@ -5,6 +5,9 @@ Resuming: the full state (model, optimizer, step, RNG states of the dropout / Ja
 projection / adversarial generators) is saved atomically every ``save_every`` steps;
 the data order is a pure function of (seed, epoch), so a resumed run continues to the
 same final weights as an uninterrupted one (on CPU, where kernels are deterministic).
+A finished run resumed with more steps (``--resume --steps N``) is extended the same way:
+its weights and metrics log end as those of an uninterrupted run of N steps. A resume may
+change only the fields of :data:`RESUME_MAY_CHANGE`; the others are refused.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Mapping, Optional
 
 import torch
@@ -42,7 +46,13 @@ class TrainingDiverged(JRError):
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Step decay: lr · lr_decay^(step // lr_step)."""
+    """Step decay: lr · lr_decay^(step // lr_step).
+
+    The schedule does not depend on the total number of steps: a finished run extended with
+    ``--resume --steps N`` follows, step for step, the schedule of an uninterrupted run of N
+    steps (see :data:`RESUME_MAY_CHANGE`). A schedule relative to the total (cosine, decay at
+    fractions of ``steps``) would change the steps already done; it must not be added
+    without making a changed total refuse to resume."""
     if cfg.lr_step <= 0:
         return cfg.lr
     return cfg.lr * cfg.lr_decay ** (step // cfg.lr_step)
@@ -213,6 +223,23 @@ def _rank_batch(idx: torch.Tensor, dist: Dist) -> tuple[torch.Tensor, torch.Tens
     return idx[pos], pos
 
 
+#: config fields a ``--resume`` may change: they leave the steps already done as they were.
+#: ``steps``/``epochs`` (the length; never below the steps done — :func:`learning_rate` does
+#: not depend on the total, so a longer run continues the same schedule and ends where an
+#: uninterrupted run of that length would), ``eval_every``/``save_every``/``log_every``
+#: (when to measure, save and log) and ``device``/``download`` (where the work runs, whether
+#: missing data may be fetched). Every other field changes the optimisation, the data or what
+#: the logged numbers measure (``eval_samples``), and is refused.
+RESUME_MAY_CHANGE = ("steps", "epochs", "eval_every", "save_every", "log_every", "device", "download")
+
+
+def resume_differences(saved: Mapping, new: Mapping) -> list[str]:
+    """The fields of config ``new`` that a resume of a run started with ``saved`` refuses
+    (differing fields outside :data:`RESUME_MAY_CHANGE`), sorted."""
+    return sorted(k for k in set(saved) | set(new)
+                  if k not in RESUME_MAY_CHANGE and saved.get(k) != new.get(k))
+
+
 #: what a train_state.pt holds (written by ``save_state`` in :func:`train`)
 _STATE_KEYS = ("step", "config", "model", "optimizer")
 
@@ -240,12 +267,16 @@ def _load_state(path: Path) -> dict:
     return saved
 
 
-def _resume_log(path: Path, step: int) -> None:
+def _resume_log(path: Path, step: int, drop_last: bool = False) -> None:
     """Keep the metrics log lines up to ``step`` (the saved state): the steps after it are
-    redone and logged again, so the resumed log equals the uninterrupted one."""
+    redone and logged again, so the resumed log equals the uninterrupted one. ``drop_last``
+    also drops the line at ``step`` itself: the closing line of a finished run that is now
+    extended, logged off the ``log_every`` cadence only because the run ended there (the
+    saved running statistics still hold its steps, so the next line covers them again)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = [line for line in path.read_text().splitlines() if line.strip()
+            and (json.loads(line)["step"] < step or (json.loads(line)["step"] == step and not drop_last))]
     path.write_text("".join(line + "\n" for line in keep))
 
 
@@ -288,19 +319,14 @@ def train(
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
     if resume and state_path.exists():
         saved = _load_state(state_path)
-        if saved["config"] != to_dict(cfg):
-            diff = sorted(k for k in saved["config"] if saved["config"].get(k) != to_dict(cfg).get(k))
-            raise ConfigError(f"--resume: {out} was started with a different config (differs in: {', '.join(diff)})")
+        diff = resume_differences(saved["config"], to_dict(cfg))
+        if diff:
+            raise ConfigError(
+                f"--resume: {out} was started with a different config (differs in: {', '.join(diff)}); a resumed "
+                f"run may change only {', '.join(RESUME_MAY_CHANGE)}, which leave the steps already done as they "
+                "were: give the other values it was started with (its config.yaml), or train into another --out")
     else:
         saved = None
-    dist.barrier()  # every rank has read the state before rank 0 writes anything
-    if dist.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        except OSError as exc:
-            raise InputError(f"--out {out} cannot be written ({exc.strerror}: {exc.filename}); choose a writable "
-                             "directory") from None
 
     info = get_dataset_info(cfg.dataset)
     train_set = _load_train_data(cfg, init_model)
@@ -308,6 +334,20 @@ def train(
     n_train = len(train_set)
     steps = total_steps(cfg, n_train)
     bs = n_train if cfg.batch_size == 0 else min(cfg.batch_size, n_train)
+    if saved is not None and steps < int(saved["step"]):
+        asked = f"--steps {cfg.steps}" if cfg.steps is not None else f"--epochs {cfg.epochs} ({steps} steps)"
+        raise ConfigError(f"--resume: {out} has already trained {int(saved['step'])} steps and {asked} asks for "
+                          f"fewer; a run cannot be shortened: ask for at least {int(saved['step'])} steps to "
+                          "continue it, or train the shorter run into another --out")
+    dist.barrier()  # every rank has read the state and checked the config before rank 0 writes anything
+    if dist.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            # a resumed run's config becomes the new one (it differs at most in RESUME_MAY_CHANGE)
+            (out / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        except OSError as exc:
+            raise InputError(f"--out {out} cannot be written ({exc.strerror}: {exc.filename}); choose a writable "
+                             "directory") from None
 
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     if init_model is None:
@@ -339,8 +379,16 @@ def train(
         if "log_sums" in saved:
             sums += saved["log_sums"].to(device)
             count = int(saved["log_count"])
+    # a finished run extended with more steps whose closing log line was off the cadence: the
+    # saved sums still hold that line's steps; the line is dropped and the next one covers them
+    # again, unless a changed --log-every puts it on the cadence (then it stays, the sums restart)
+    closing = (saved is not None and start < steps and start % int(saved["config"].get("log_every") or 1) != 0
+               and start == total_steps(SimpleNamespace(**saved["config"]), n_train))
+    if closing and start % cfg.log_every == 0:
+        sums.zero_()
+        count = 0
     if dist.is_main:
-        _resume_log(out / METRICS_FILE, start)
+        _resume_log(out / METRICS_FILE, start, drop_last=closing and start % cfg.log_every != 0)
     net = model
     if dist.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -419,8 +467,11 @@ def train(
                 if last_eval:
                     stats += f" | held-out acc {last_eval['accuracy']:.4f} ‖J‖ {last_eval['jacobian_norm']:.2f}"
                 emit(on_event, "advance", name="train", data={"completed": done, "stats": stats, "record": rec})
-                sums.zero_()
-                count = 0
+                if done % cfg.log_every == 0:
+                    # the closing line of a run off the cadence keeps its steps in the sums (saved with
+                    # the state): extended with more steps, the next line on the cadence covers them
+                    sums.zero_()
+                    count = 0
             if done % cfg.save_every == 0 or done == steps:
                 save_state(done)
     finally:
