@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import InputError
 from ..evaluation.best import BEST, best_rows
 from ..evaluation.execute import jacobian_summary
+from ..evaluation.output import card_n_inputs
 from ..evaluation.plan import search_settings
 from ..evaluation.store import ResultStore
 
@@ -51,17 +52,6 @@ def order_searches(names) -> list[str]:
             return (len(SEARCH_ORDER) + 1, s)
         return (SEARCH_ORDER.index(low) if low in SEARCH_ORDER else len(SEARCH_ORDER), s)
     return sorted(set(names), key=key)
-
-
-def card_n_inputs(card) -> Optional[int]:
-    """Number of input components (C·H·W) from a checkpoint card's ``input_shape`` (None when unknown)."""
-    shape = card.get("input_shape") if isinstance(card, dict) else None
-    if not shape:
-        return None
-    try:
-        return int(np.prod([int(s) for s in shape]))
-    except (TypeError, ValueError):
-        return None
 
 
 @dataclass
