@@ -18,6 +18,7 @@ from robustbench_jr.attacks.base import Found
 from robustbench_jr.runtime import derive_seed
 from robustbench_jr.attacks.jsma import best_pairs
 from robustbench_jr.errors import ConfigError, InputError
+from toy_models import Affine, Counting, TinyMLP
 
 NAMES = ["noise", "fgsm", "pgd", "cw", "deepfool", "jsma", "ddn"]
 
@@ -36,31 +37,8 @@ FAST = {
 # --------------------------------------------------------------------------------------
 # models
 # --------------------------------------------------------------------------------------
-class Affine(nn.Module):
-    """logits = W · flatten(x) + b."""
-
-    def __init__(self, W: torch.Tensor, b: torch.Tensor):
-        super().__init__()
-        self.W = nn.Parameter(W.clone())
-        self.b = nn.Parameter(b.clone())
-
-    def forward(self, x):
-        return x.flatten(1) @ self.W.T + self.b
 
 
-class TinyMLP(nn.Module):
-    def __init__(self, d=64, h=32, k=10, seed=0, dropout=0.0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.l1 = nn.Linear(d, h)
-        self.l2 = nn.Linear(h, k)
-        self.drop = nn.Dropout(dropout)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * (1.5 / math.sqrt(p.shape[-1])))
-
-    def forward(self, x):
-        return self.l2(self.drop(torch.tanh(self.l1(x.flatten(1)))))
 
 
 class TinyConv3(nn.Module):
@@ -76,19 +54,6 @@ class TinyConv3(nn.Module):
         return self.f(torch.relu(self.c(x)).flatten(1))
 
 
-class Counting(nn.Module):
-    """Counts the rows the wrapped model sees."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.rows = 0
-        self.batches = []
-
-    def forward(self, x):
-        self.rows += x.shape[0]
-        self.batches.append(x.shape[0])
-        return self.inner(x)
 
 
 def affine_binary(n=4, side=8, seed=0, dist=(0.03, 0.15)):

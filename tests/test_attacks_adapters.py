@@ -15,48 +15,16 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 from robustbench_jr.attacks import build_search, is_peer_name, peer_name
 from robustbench_jr.attacks.adapters import PassCounter
 from robustbench_jr.errors import ConfigError
 from robustbench_jr.evaluation.audit import AuditConfig
+from toy_models import Counting, TinyMLP
 
 
-class TinyMLP(nn.Module):
-    def __init__(self, d=64, h=32, k=10, seed=0, scale=1.5):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.l1 = nn.Linear(d, h)
-        self.l2 = nn.Linear(h, k)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * (scale / math.sqrt(p.shape[-1])))
-
-    def forward(self, x):
-        return self.l2(torch.tanh(self.l1(x.flatten(1))))
 
 
-class Counting(nn.Module):
-    """Counts the rows of forward passes and of backward passes through the logits."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.rows = 0
-        self.grad_rows = 0
-
-    def forward(self, x):
-        self.rows += x.shape[0]
-        out = self.inner(x)
-        if out.requires_grad:
-            n = x.shape[0]
-
-            def hook(g, n=n):
-                self.grad_rows += n
-
-            out.register_hook(hook)
-        return out
 
 
 def data(n=6, seed=0):

@@ -10,7 +10,6 @@ differences between batch sizes stay at the last bits of a kernel's sums.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import pytest
@@ -21,6 +20,7 @@ from robustbench_jr.attacks import SEARCHES, SearchResult, build_search
 from robustbench_jr.attacks.ddn import DDNConfig, keep_best_rows, phase_steps
 from robustbench_jr.errors import ConfigError
 from robustbench_jr.evaluation.plan import ALL_SEARCHES, BUDGETS, known_searches
+from toy_models import Affine, Counting, TinyMLP
 
 QUICK = dict(BUDGETS["quick"]["ddn"])
 CONFIGS = {"paper": {}, "quick": QUICK}
@@ -29,14 +29,6 @@ CONFIGS = {"paper": {}, "quick": QUICK}
 # --------------------------------------------------------------------------------------
 # models with known minimal distances
 # --------------------------------------------------------------------------------------
-class Affine(nn.Module):
-    def __init__(self, W: torch.Tensor, b: torch.Tensor):
-        super().__init__()
-        self.W = nn.Parameter(W.clone())
-        self.b = nn.Parameter(b.clone())
-
-    def forward(self, x):
-        return x.flatten(1) @ self.W.T + self.b
 
 
 class Band(nn.Module):
@@ -190,38 +182,8 @@ def test_box_constraint_respected():
 # --------------------------------------------------------------------------------------
 # batches, passes, determinism
 # --------------------------------------------------------------------------------------
-class TinyMLP(nn.Module):
-    def __init__(self, d=64, h=32, k=10, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.l1 = nn.Linear(d, h)
-        self.l2 = nn.Linear(h, k)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * (1.5 / math.sqrt(p.shape[-1])))
-
-    def forward(self, x):
-        return self.l2(torch.tanh(self.l1(x.flatten(1))))
 
 
-class Counting(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.rows = 0
-        self.grad_rows = 0
-
-    def forward(self, x):
-        self.rows += x.shape[0]
-        out = self.inner(x)
-        if out.requires_grad:
-            n = x.shape[0]
-
-            def hook(g, n=n):
-                self.grad_rows += n
-
-            out.register_hook(hook)
-        return out
 
 
 def mlp_data(n=8, seed=0):
