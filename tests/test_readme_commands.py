@@ -9,14 +9,12 @@ import shlex
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 
 from robustbench_jr.cli.eval import main as jr_eval
 from robustbench_jr.cli.train import main as jr_train
+from helpers_data import fake_mnist_root
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -53,22 +51,6 @@ def needs_mnist_train(cmd: str) -> bool:
     return cmd.startswith(("jr-train fit", "jr-train finetune", "jr-train table"))
 
 
-def stand_in_mnist(root: Path) -> None:
-    """``root/data/mnist``: the 1,000 bundled real MNIST test images written as both IDX pairs,
-    in place of the training set a fresh clone lacks (the README says how to fetch it); the
-    commands find it through ./data like the fetched files."""
-    from robustbench_jr.data import bundled_mnist, write_idx
-
-    ds = bundled_mnist()
-    d = root / "data" / "mnist"
-    d.mkdir(parents=True)
-    images = (ds.pixels()[:, 0] * 255).round().to(torch.uint8).numpy()
-    labels = ds.labels.numpy().astype(np.uint8)
-    for split in ("train", "t10k"):
-        write_idx(d / f"{split}-images-idx3-ubyte", images)
-        write_idx(d / f"{split}-labels-idx1-ubyte", labels)
-
-
 #: tiny budgets appended to the training examples (click keeps an option's last value)
 TINY_TRAIN = {"fit": ["--steps", "3"], "finetune": ["--steps", "3"], "table": ["--max-steps", "3", "--audit-n", "4"]}
 
@@ -94,7 +76,9 @@ def test_readme_commands_run(tmp_path, monkeypatch):
         shutil.copytree(ROOT / d, tmp_path / d)
     small = tmp_path / "small.yaml"
     small.write_text(yaml.safe_dump(SMALL))
-    stand_in_mnist(tmp_path)
+    # the training set a fresh clone lacks (the README says how to fetch it): a split of the
+    # bundled real MNIST slice in ./data/mnist, where the commands look like for the fetched files
+    fake_mnist_root(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("JR_DATA_ROOT", raising=False)
     ran = []
