@@ -233,14 +233,15 @@ class CWSearch(Search):
                 if it == cfg.max_iterations:
                     stop[:] = True
                 if bool(stop.any()):
-                    w_last[act[stop]] = w[stop]
-                    stop_it[pos[stop]] = it
-                    keep = ~stop
-                    if not bool(keep.any()):
+                    # two syncs per stop event: this test and the rows kept (then index, not mask)
+                    w_last[act] = torch.where(stop.view(-1, *([1] * (w.dim() - 1))), w, w_last[act])
+                    stop_it[pos] = torch.where(stop, torch.full_like(stop_it[pos], it), stop_it[pos])
+                    ki = (~stop).nonzero().squeeze(1)
+                    if not ki.numel():
                         break
-                    w, m, v = w[keep], m[keep], v[keep]
-                    pos, act = pos[keep], act[keep]
-                    loss_hist, since_success, prev_best = loss_hist[keep], since_success[keep], prev_best[keep]
-                    x0, t0a, ya, ca = x0[keep], t0a[keep], ya[keep], ca[keep]
+                    w, m, v = w[ki], m[ki], v[ki]
+                    pos, act = pos[ki], act[ki]
+                    loss_hist, since_success, prev_best = loss_hist[ki], since_success[ki], prev_best[ki]
+                    x0, t0a, ya, ca = x0[ki], t0a[ki], ya[ki], ca[ki]
         success &= ~from_adv | (stop_it - last_adv < cfg.abort_check_every)
         return success
