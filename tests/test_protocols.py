@@ -86,6 +86,9 @@ def test_protocol_labels():
     label = protocol("cw", quick)
     assert label.startswith("quick (") and all(f"{k}=" in label for k in BUDGETS["quick"]["cw"])
     assert protocol("cw", {**paper_config("cw"), "lr": 0.1}) == "custom (lr=0.1)"
+    # the earlier abort of never-fooled steps is cheaper but not the same computation: a departure
+    assert paper_config("cw")["fail_check_every"] is None
+    assert protocol("cw", {**paper_config("cw"), "fail_check_every": 10}) == "custom (fail_check_every=10)"
     # PGD's paper box is the dataset's: 16/255 on CIFAR is the paper, 32/255 is not
     cifar = {**paper_config("pgd"), "saturation": 16 / 255}
     assert protocol("pgd", cifar, "cifar10") == "paper"
