@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -140,7 +141,8 @@ class Dist:
     """Where this process stands in a ``torchrun`` job (world size 1 without torchrun).
 
     ``share(n)`` is this rank's deterministic share of ``n`` work items (round-robin, so
-    shares differ by at most one item); ``all_reduce_sum`` sums a tensor over ranks
+    shares differ by at most one item); ``queue()`` hands work items out to whichever rank
+    asks first (for items of unequal cost); ``all_reduce_sum`` sums a tensor over ranks
     (a no-op for one process); ``barrier`` waits for every rank.
     """
 
@@ -163,6 +165,21 @@ class Dist:
     def owns(self, item: int) -> bool:
         return item % self.world_size == self.rank
 
+    def queue(self) -> Callable[[], int]:
+        """A work queue shared by the ranks: each call returns the next unclaimed index 0, 1,
+        2, … (every index goes to exactly one rank, whichever asks first), so a rank that
+        finishes its items early takes more and none waits long for another however unequal
+        the items' costs. It counts through the process group's key-value store (one atomic
+        ``add`` per claim). One process: 0, 1, 2, … in order. Every rank must create its
+        queues in the same order (the n-th queue of each rank is the same queue)."""
+        n = next(_QUEUES)
+        if not self.enabled:
+            counter = iter(range(1 << 62))
+            return lambda: next(counter)
+        store = torch.distributed.distributed_c10d._get_default_store()
+        key = f"robustbench_jr/queue/{n}"
+        return lambda: store.add(key, 1) - 1
+
     def all_reduce_sum(self, t: torch.Tensor, device: Any = None) -> torch.Tensor:
         if not self.enabled:
             return t
@@ -179,6 +196,8 @@ class Dist:
 
 
 SINGLE = Dist()
+#: numbers the work queues this process creates (see :meth:`Dist.queue`)
+_QUEUES = itertools.count()
 
 
 def dist_context(device: Any = "auto") -> tuple[Dist, torch.device]:

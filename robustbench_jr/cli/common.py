@@ -86,7 +86,12 @@ def handle_errors(fn):
         rank = env_rank()
         where = f"rank {rank}: " if rank is not None else ""
         try:
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # every rank done before any tears the group down: a rank that left while
+                # another still used the group was aborted by gloo ("terminate called…")
+                torch.distributed.barrier()
+            return out
         except JRError as exc:
             print_error(where + str(exc))
             sys.exit(exc.exit_code)

@@ -471,15 +471,19 @@ def _run_jobs_sharded(run: _Run, jobs: list, adversarials_dir: Optional[Path]) -
     if dist.is_main:
         emit(run.on_event, "task", name="audit", total=total,
              description=f"audit: samples × searches on {dist.world_size} ranks")
-    for j, (m, sname, bi, sl) in enumerate(jobs):
-        if dist.owns(j):
-            t0 = time.perf_counter()
-            _run_batch(run, m, sname, bi, sl, adversarials_dir)
-            spent = run.timings.setdefault(m.name, {})
-            spent[sname] = round(spent.get(sname, 0.0) + time.perf_counter() - t0, 3)
-            run.writer.set_meta("timings", run.timings)
-            if dist.is_main:
-                progress()
+    # jobs go to whichever rank is free (a shared queue): CW batches differ in cost by 2× and
+    # more, and a fixed round-robin left one rank ~10 % behind (benchmarks/README.md); which
+    # rank computes a batch does not change its rows
+    claim = dist.queue()
+    while (j := claim()) < len(jobs):
+        m, sname, bi, sl = jobs[j]
+        t0 = time.perf_counter()
+        _run_batch(run, m, sname, bi, sl, adversarials_dir)
+        spent = run.timings.setdefault(m.name, {})
+        spent[sname] = round(spent.get(sname, 0.0) + time.perf_counter() - t0, 3)
+        run.writer.set_meta("timings", run.timings)
+        if dist.is_main:
+            progress()
     run.writer.set_meta("finished", True)
     if dist.is_main:
         while not progress():
