@@ -422,9 +422,9 @@ def _run_jobs(run: _Run, jobs: list, adversarials_dir: Optional[Path]) -> None:
             continue  # stored by an earlier run: counted in the task's start
         emit(run.on_event, "advance", name="samples", amount=sl.stop - sl.start)
         rest = todo[current] - (sl.stop - sl.start)
-        if first and rest > 0:
+        spent = time.perf_counter() - t_batch
+        if first and rest > 0 and spent * rest / (sl.stop - sl.start) >= ESTIMATE_MIN_SECONDS:
             # what the search costs, from its first computed batch, before the rest runs
-            spent = time.perf_counter() - t_batch
             emit(run.on_event, "info", message=f"{m.name}: {sname}: {sl.stop - sl.start} samples in "
                                                f"{_duration(spent)}, so about {_duration(spent * rest / (sl.stop - sl.start))} "
                                                f"for the other {rest}",
@@ -434,6 +434,10 @@ def _run_jobs(run: _Run, jobs: list, adversarials_dir: Optional[Path]) -> None:
     if current is not None:
         _search_done(run, *current, t_search)
     emit(run.on_event, "done", name="audit", description="done")
+
+
+#: a search whose remaining batches should take less than this is not announced
+ESTIMATE_MIN_SECONDS = 10.0
 
 
 def _duration(seconds: float) -> str:
