@@ -83,9 +83,10 @@ def test_readme_commands_run(tmp_path, monkeypatch):
     monkeypatch.delenv("JR_DATA_ROOT", raising=False)
     ran = []
     for cmd in readme_commands():
-        if placeholder(cmd):
+        cmd_ = re.sub(r"\s*\[[^\]]*\]", "", cmd)  # drop optional "[runs/other ...]"
+        if placeholder(cmd_):
             continue
-        argv = shlex.split(re.sub(r"\s*\[[^\]]*\]", "", cmd))  # drop optional "[runs/other ...]"
+        argv = shlex.split(cmd_)
         tool, args = argv[0], argv[1:]
         if args[0] == "run":
             args += TINY_RUN + ["--config", str(small)] + ([] if "runs/audit" in args else ["--attacks", "fgsm"])
@@ -102,6 +103,7 @@ def test_readme_commands_run(tmp_path, monkeypatch):
             assert "runs checked against the cards" in res.output, res.output[-3000:]
         ran.append(cmd)
     assert any("gate" in c for c in ran) and any(c.startswith("jr-eval run") for c in ran)
+    assert any(c.startswith("jr-eval report") for c in ran) and (tmp_path / "report" / "report.html").exists()
     for what in ("jr-train fit", "jr-train finetune", "jr-train table"):
         assert any(c.startswith(what) for c in ran), what
     assert (tmp_path / "runs/lenet-jr/card.yaml").exists() and (tmp_path / "runs/pp/card.yaml").exists()
