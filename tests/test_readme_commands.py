@@ -61,7 +61,9 @@ def test_readme_lists_the_commands():
     # the first audit example is one a newcomer can finish; the paper budget says what it costs
     first = next(c for c in cmds if c.startswith("jr-eval run"))
     assert "--budget quick" in first
-    assert "hours" in README[README.index(SECTIONS[0]):README.index(SECTIONS[1])]
+    paper = next(c for c in README[README.index(SECTIONS[0]):README.index(SECTIONS[1])].splitlines()
+                 if c.startswith("jr-eval run") and "--budget" not in c and "--n 1000" in c)
+    assert re.search(r"papers' budget: ≈\d+ (min|hours)", paper), paper
 
 
 def test_training_examples_say_what_to_fetch():
