@@ -18,7 +18,7 @@ from robustbench_jr.attacks.base import Found
 from robustbench_jr.runtime import derive_seed
 from robustbench_jr.attacks.jsma import best_pairs
 from robustbench_jr.errors import ConfigError, InputError
-from toy_models import Affine, Counting, TinyMLP
+from toy_models import Affine, Counting, TinyMLP, saturated_box
 
 NAMES = ["noise", "fgsm", "pgd", "cw", "deepfool", "jsma", "ddn"]
 
@@ -174,17 +174,8 @@ def test_cw_moves_pixels_sitting_at_0_and_1():
     # closest boundary point moves every pixel by the same amount, inwards for the
     # saturated ones. With saturated pixels frozen (plain artanh, or a 1e-6 margin) CW
     # can only move the mid pixels and lands at 0.4·√2 ≈ 0.566 instead of 0.4.
-    d = 64
-    x = torch.full((1, d), 0.5, dtype=torch.float64)
-    x[0, : d // 4] = 0.0
-    x[0, d // 4: d // 2] = 1.0
-    w = torch.ones(d, dtype=torch.float64)
-    w[d // 4: d // 2] = -1.0
-    W = torch.stack([torch.zeros(d, dtype=torch.float64), w])
-    true_d = 0.4
-    b1 = -(x[0] @ w) - true_d * w.norm()  # w·x + b = −0.4·|w|: class 0, boundary 0.4 away
-    model = Affine(W, torch.tensor([0.0, float(b1)], dtype=torch.float64))
-    xi = x.view(1, 1, 8, 8)
+    d, true_d = 64, 0.4
+    model, xi = saturated_box(d, true_d)
     y = torch.tensor([0])
     r = build_search("cw").run(model, xi, y)
     assert bool(r.fooled.all())

@@ -20,7 +20,7 @@ from robustbench_jr.attacks import SEARCHES, SearchResult, build_search
 from robustbench_jr.attacks.ddn import DDNConfig, keep_best_rows, phase_steps
 from robustbench_jr.errors import ConfigError
 from robustbench_jr.evaluation.plan import ALL_SEARCHES, BUDGETS, known_searches
-from toy_models import Affine, Counting, TinyMLP
+from toy_models import Affine, Counting, TinyMLP, saturated_box
 
 QUICK = dict(BUDGETS["quick"]["ddn"])
 CONFIGS = {"paper": {}, "quick": QUICK}
@@ -163,16 +163,8 @@ def test_more_steps_converge():
 
 def test_box_constraint_respected():
     # pixels at 0 and 1: the closest point moves them inwards only; every iterate stays in [0, 1]
-    d = 64
-    x = torch.full((1, d), 0.5, dtype=torch.float64)
-    x[0, : d // 4] = 0.0
-    x[0, d // 4: d // 2] = 1.0
-    w = torch.ones(d, dtype=torch.float64)
-    w[d // 4: d // 2] = -1.0
-    b1 = -(x[0] @ w) - 0.4 * w.norm()
-    model = Affine(torch.stack([torch.zeros(d, dtype=torch.float64), w]),
-                   torch.tensor([0.0, float(b1)], dtype=torch.float64))
-    r = build_search("ddn", QUICK).run(model, x.view(1, 1, 8, 8), torch.tensor([0]))
+    model, x = saturated_box(64, 0.4)
+    r = build_search("ddn", QUICK).run(model, x, torch.tensor([0]))
     assert bool(r.fooled.all())
     assert 0.4 * (1 - 1e-9) <= float(r.l2[0]) <= 0.4 * 1.01
     adv = r.adversarial.flatten(1)[0]

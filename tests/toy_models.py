@@ -60,3 +60,20 @@ class Counting(nn.Module):
 
             out.register_hook(hook)
         return out
+
+
+def saturated_box(d: int = 64, dist: float = 0.4) -> tuple[Affine, torch.Tensor]:
+    """A 2-logit affine model and one image ([1, 1, √d, √d], float64) with a quarter of its
+    pixels at exactly 0, a quarter at exactly 1 and the rest at 0.5, whose closest boundary
+    point is ``dist`` away and moves every pixel by the same amount, inwards for the
+    saturated ones (a search that freezes saturated pixels lands farther away)."""
+    x = torch.full((1, d), 0.5, dtype=torch.float64)
+    x[0, : d // 4] = 0.0
+    x[0, d // 4: d // 2] = 1.0
+    w = torch.ones(d, dtype=torch.float64)
+    w[d // 4: d // 2] = -1.0
+    b1 = -(x[0] @ w) - dist * w.norm()  # w·x + b = −dist·|w|: class 0, boundary dist away
+    model = Affine(torch.stack([torch.zeros(d, dtype=torch.float64), w]),
+                   torch.tensor([0.0, float(b1)], dtype=torch.float64))
+    side = int(round(d ** 0.5))
+    return model, x.view(1, 1, side, side)
