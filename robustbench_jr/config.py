@@ -259,7 +259,7 @@ def given(layer: Optional[Mapping[str, Any]]) -> dict:
 
 
 def to_dict(cfg: Any) -> dict:
-    """A plain, YAML-safe dict of a dataclass config."""
+    """A plain, YAML-safe dict of a dataclass config (or of a mapping of options)."""
     def clean(v):
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
@@ -268,4 +268,5 @@ def to_dict(cfg: Any) -> dict:
         if isinstance(v, Path):
             return str(v)
         return v
-    return {k: clean(v) for k, v in dataclasses.asdict(cfg).items()}
+    items = cfg.items() if isinstance(cfg, Mapping) else dataclasses.asdict(cfg).items()
+    return {k: clean(v) for k, v in items}

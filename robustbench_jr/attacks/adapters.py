@@ -287,12 +287,6 @@ class PeerSearch(Search):
             defaults.pop(k, None)
         return init, run, defaults
 
-    def config_dict(self) -> dict:
-        out = dict(self.config)
-        if self.precision is not None:
-            out["precision"] = self.precision
-        return out
-
     def __repr__(self) -> str:
         return f"PeerSearch({self.name!r}, {self.config!r})"
 
