@@ -32,6 +32,7 @@ from pathlib import PurePath
 from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
+import torch
 
 from .._version import __version__
 from ..errors import InputError
@@ -71,20 +72,25 @@ def load_schema() -> dict:
 
 
 # ------------------------------------------------------------- encoding ----
-def encode(obj: Any) -> Any:
+def encode(obj: Any, infinity: Optional[str] = None) -> Any:
     """``obj`` as strict JSON data: NaN and ±inf → None (:data:`NULL_MEANING`), numpy scalars and
-    arrays → Python numbers and lists, tuples → lists, paths → strings, mapping keys → strings."""
+    arrays → Python numbers and lists, tuples → lists, paths → strings, mapping keys → strings.
+    ``infinity="inf"`` writes ±inf as the strings ``"inf"``/``"-inf"`` instead (the experiments'
+    ``table.json``, which :mod:`robustbench_jr.experiments.verify` reads back; not one of the
+    schema's documents)."""
     if isinstance(obj, PurePath):
         return str(obj)
     if isinstance(obj, Mapping):
-        return {str(k): encode(v) for k, v in obj.items()}
+        return {str(k): encode(v, infinity) for k, v in obj.items()}
     if isinstance(obj, np.ndarray):
-        return [encode(v) for v in obj.tolist()]
+        return [encode(v, infinity) for v in obj.tolist()]
     if isinstance(obj, (list, tuple, set, frozenset)):
-        return [encode(v) for v in obj]
-    if isinstance(obj, np.generic):
+        return [encode(v, infinity) for v in obj]
+    if isinstance(obj, (np.generic, torch.Tensor)) and getattr(obj, "ndim", 0) == 0:
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
+        if infinity is not None and math.isinf(obj):
+            return infinity if obj > 0 else "-" + infinity
         return None
     return obj
 

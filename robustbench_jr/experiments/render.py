@@ -24,12 +24,11 @@ from ..errors import InputError
 from ..evaluation import metrics
 from ..evaluation.audit import summarize_run
 from ..evaluation.best import BEST
+from ..evaluation.output import card_n_inputs, encode
 from ..evaluation.store import ResultStore
 from ..models import NORMALIZATIONS
 from ..models.checkpoint import sha256_file
 from ..reports.report import write_report
-from ..reports.runs import card_n_inputs
-from ..reports.tables import jsonable
 from ..runtime import now
 from .checks import FAIL, PASS, PENDING, _fmt, _telling_digits, evaluate_check  # noqa: F401
 from .configs import config_hash
@@ -420,7 +419,7 @@ def write_outputs(runner: Runner, table: TableSpec, data: dict) -> None:
         except Exception as exc:
             runner.warn(f"training curves not drawn: {type(exc).__name__}: {exc}")
     files = (("table.md", markdown(data, table)),
-             ("table.json", json.dumps(jsonable(data), indent=2, ensure_ascii=False) + "\n"))
+             ("table.json", json.dumps(encode(data, infinity="inf"), indent=2, ensure_ascii=False) + "\n"))
     for name, text in files:
         tmp = out / (name + ".tmp")
         tmp.write_text(text, encoding="utf-8")

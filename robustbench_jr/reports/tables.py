@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-from pathlib import PurePath
 from typing import Any, Optional
 
 from ..evaluation import metrics, output
@@ -312,28 +311,6 @@ def to_csv(summary: dict) -> str:
     return buf.getvalue()
 
 
-def jsonable(obj: Any) -> Any:
-    """NaN → null, ±inf → "inf"/"-inf", paths → strings, so that the file is strict JSON: the
-    experiments' ``table.json`` (read back by :mod:`robustbench_jr.experiments.verify`). The
-    output-schema documents (``summary.json``, ``run --json``, the gate's JSON) use
-    :func:`robustbench_jr.evaluation.output.encode` instead (every non-finite number → null)."""
-    if isinstance(obj, PurePath):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        try:
-            obj = obj.item()
-        except (ValueError, AttributeError):
-            pass
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-    return obj
 
 
 def to_json(summary: dict, extra: Optional[dict] = None) -> str:
