@@ -10,6 +10,7 @@ differences between batch sizes stay at the last bits of a kernel's sums.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from robustbench_jr.attacks import SEARCHES, SearchResult, build_search
-from robustbench_jr.attacks.ddn import DDNConfig, keep_best_rows, phase_steps
+from robustbench_jr.attacks.ddn import DDNConfig, _tangent, keep_best_rows, phase_steps
 from robustbench_jr.errors import ConfigError
 from robustbench_jr.evaluation.plan import ALL_SEARCHES, BUDGETS, known_searches
 from toy_models import Affine, Counting, TinyMLP, saturated_box
@@ -232,6 +233,25 @@ def test_phase_split_adds_up_to_the_budget():
             assert e + t * p + rest == cfg.steps
     assert phase_steps(DDNConfig(steps=100)) == (100, 0, 0)
     assert phase_steps(DDNConfig(steps=100, candidates=3)) == (20, 15, 35)
+
+
+def test_tangent_step_turns_the_direction_by_arctan_of_alpha_sin_theta():
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(3, 1, 5, 5, generator=gen, dtype=torch.float64)
+    delta = torch.randn(3, 1, 5, 5, generator=gen, dtype=torch.float64)
+    delta[2] = 0  # the first step: the whole gradient
+    gt = _tangent(g, delta)
+    assert torch.allclose((gt[:2] * delta[:2]).flatten(1).sum(1), torch.zeros(2, dtype=torch.float64), atol=1e-12)
+    assert torch.equal(gt[2], g[2])
+    assert torch.allclose(_tangent(-3 * delta[:2], delta[:2]), torch.zeros_like(delta[:2]), atol=1e-12)
+    # δ ← δ − α·ε·tangent(∇L)/‖∇L‖, rescaled to ε, turns δ by arctan(α·sin θ)
+    d, gg, t = delta[:2], g[:2], gt[:2]
+    eps, gn = d.flatten(1).norm(dim=1), gg.flatten(1).norm(dim=1)
+    sin = (1 - ((gg * d).flatten(1).sum(1) / (gn * eps)) ** 2).sqrt()
+    for alpha in (0.01, 0.3, 1.0, 3.0):
+        new = d - (alpha * eps / gn).view(-1, 1, 1, 1) * t
+        cos = (new * d).flatten(1).sum(1) / (new.flatten(1).norm(dim=1) * eps)
+        assert torch.allclose(torch.acos(cos.clamp(-1, 1)), torch.atan(alpha * sin), atol=1e-7)
 
 
 def test_keep_best_rows_prefers_found_then_smallest_eps_then_first():

@@ -30,6 +30,13 @@ turns them on, see ``evaluation.plan.BUDGETS``):
   travels fast and then locates it to ±``gamma_min``.
 * ``alpha_relative: true`` — the direction step is α_k·ε instead of α_k (scale-free:
   the same schedule on MNIST, where distances are ~1, and on CIFAR, where they are ~0.1).
+* ``tangent: true`` — a Riemannian gradient step on the sphere ‖δ‖ = ε: the direction
+  step drops the normalised gradient's radial part, δ ← δ − α_k·(∇L − (∇L·δ̂)δ̂)/‖∇L‖.
+  The rescaling undoes the radial part anyway, but in the paper's step it also changes
+  how far the direction turns: by atan2(α·sin θ, 1 − α·cos θ) for an angle θ between
+  ∇L and δ (with ``alpha_relative``), which halves the turn near the optimum at α = 1
+  and swings the direction round when ∇L points along δ. The tangent step turns it by
+  arctan(α·sin θ) — zero once δ is aligned with −∇L. Step 0 (δ = 0) is the same either way.
 * ``candidates: T`` > 1 — class exploration. The closest boundary is often not the
   one the untargeted loss heads for (on the bundled LeNets the best target class is the
   top logit class for only ~55-70 % of the images). The search first runs untargeted
@@ -95,6 +102,8 @@ class DDNConfig:
     gamma_max: float = param(0.3, gt=0, lt=1)
     #: direction step in units of ε (α·ε) instead of pixel units
     alpha_relative: bool = False
+    #: step along the gradient's component tangent to the sphere ‖δ‖ = ε (see the docstring)
+    tangent: bool = False
     #: target classes explored per sample (1 = untargeted only, the paper)
     candidates: int = param(1, ge=1)
     #: fraction of the steps run untargeted before the fork (candidates > 1)
@@ -286,6 +295,8 @@ class DDNSearch(Search):
                 1 + torch.cos(math.pi * kk.clamp(max=max(total, 1)) / max(total, 1)))
             if cfg.alpha_relative:
                 alpha = alpha * eps
+            if cfg.tangent:
+                g = _tangent(g, delta)
             step = (alpha / gn.double().clamp_min(1e-300)).to(x.dtype)
             new = delta - step.view(-1, *([1] * (x.dim() - 1))) * g
             nn_ = new.flatten(1).norm(dim=1).double()
@@ -311,6 +322,14 @@ class _Run:
     total: int  # schedule length of a row that runs to the end
     tally: Tally
     n_zero: Union[int, torch.Tensor] = 0  # samples with a zero gradient at their first step (summed on device)
+
+
+def _tangent(g: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Per row, the part of ``g`` orthogonal to ``delta`` (``g`` itself where ``delta`` is 0)."""
+    shape = (-1, *([1] * (g.dim() - 1)))
+    dn = delta.flatten(1).norm(dim=1)
+    u = delta / dn.clamp_min(torch.finfo(delta.dtype).tiny).view(shape)
+    return g - (g * u).flatten(1).sum(1).view(shape) * u
 
 
 def _set_rows(buf: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -56,9 +56,9 @@ BUDGETS = {
         "cw": {"binary_search_steps": 7, "max_iterations": 100, "abort_check_every": 10, "lr": 0.05,
                "initial_const": 1.0},
         "jsma": {"targets": 2},
-        # DDN's departures from the paper (adaptive norm step, ε-relative direction step,
+        # DDN's departures from the paper (adaptive norm step, ε-relative direction step along the sphere,
         # 3 candidate classes), 100 gradient passes per image
-        "ddn": {"norm_update": "adaptive", "alpha_relative": True, "candidates": 3},
+        "ddn": {"norm_update": "adaptive", "alpha_relative": True, "tangent": True, "candidates": 3},
     },
 }
 
