@@ -72,6 +72,7 @@ def attacks_for(budgets) -> list[tuple[str, Optional[int], str, dict]]:
         out += [
             (f"ours ddn (paper) @{b}", b, "ddn", {"steps": b}),
             (f"ours ddn (quick settings) @{b}", b, "ddn", {**DDN_QUICK, "steps": b}),
+            (f"ours ddn (quick, no tangent) @{b}", b, "ddn", {**DDN_QUICK, "tangent": False, "steps": b}),
             (f"adv-lib ddn @{b}", b, "advlib:ddn", {"steps": b}),
             (f"adv-lib fmn @{b}", b, "advlib:fmn", {"steps": b}),
             (f"adv-lib alma @{b}", b, "advlib:alma", {"num_steps": b}),
