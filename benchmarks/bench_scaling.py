@@ -6,12 +6,16 @@ threads (CPU: gloo; with GPUs: one device per process), and reports the parallel
 efficiency T(1) / (P · T(P)) measured in the same job:
 
 * audit: wall time of the whole command (model loading, clean pass, ‖J‖_F, searches, merge);
+  with ``--base-n N0`` also the *marginal* efficiency over the images N0+1 … N,
+  (T₁(N) − T₁(N0)) / (P · (T_P(N) − T_P(N0))), in which the costs that do not grow with
+  the audit (process and torchrun start-up, imports, merge, exit) cancel;
 * training: seconds per step from ``metrics.jsonl`` between the first and last logged step
   (start-up and the final evaluation excluded).
 
     python benchmarks/bench_scaling.py                       # CPU, P = 1, 2
     python benchmarks/bench_scaling.py --procs 1,2,4,8 --device cuda
     python benchmarks/bench_scaling.py --json
+    python benchmarks/bench_scaling.py --n 1000 --base-n 200 --batch-size 50 --no-train
 """
 
 from __future__ import annotations
@@ -50,10 +54,10 @@ def _timed(cmd: list, env: dict) -> float:
     return time.perf_counter() - t0
 
 
-def bench_audit(procs: int, args, work: Path) -> float:
-    out = work / f"audit-{procs}"
+def bench_audit(procs: int, args, work: Path, n: int) -> float:
+    out = work / f"audit-{procs}-{n}"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = _cmd("jr-eval", ["run", "lenet-mnist", "--source", "bundled", "--n", str(args.n), "--attacks", args.attacks,
+    cmd = _cmd("jr-eval", ["run", "lenet-mnist", "--source", "bundled", "--n", str(n), "--attacks", args.attacks,
                            "--budget", "quick", "--batch-size", str(args.batch_size), "--device", args.device,
                            "--quiet", "--out", str(out), "--threads", str(args.threads)], procs)
     return _timed(cmd, _env(args.threads))
@@ -86,7 +90,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--n", type=int, default=128, help="audited images")
     ap.add_argument("--attacks", default="cw,deepfool", help="searches of the audit")
+    ap.add_argument("--base-n", type=int, default=0,
+                    help="also audit this many images and report the marginal efficiency over the rest (0: off)")
     ap.add_argument("--batch-size", type=int, default=8, help="audit batch size")
+    ap.add_argument("--no-train", action="store_true", help="only the audit")
     ap.add_argument("--steps", type=int, default=200, help="training steps")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
@@ -94,22 +101,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data_root = _train_data(work)
-        audit = {p: bench_audit(p, args, work) for p in procs}
-        step = {p: bench_train(p, args, work, data_root) for p in procs}
+        audit = {p: bench_audit(p, args, work, args.n) for p in procs}
+        base = {p: bench_audit(p, args, work, args.base_n) for p in procs} if args.base_n else {}
+        step = {} if args.no_train else {p: bench_train(p, args, work, data_root) for p in procs}
     result = {
         "device": args.device, "threads_per_process": args.threads,
         "audit": {"n": args.n, "attacks": args.attacks, "seconds": {str(p): round(t, 2) for p, t in audit.items()},
                   "efficiency": {str(p): round(audit[1] / (p * t), 3) for p, t in audit.items()}},
-        "train_jr_step": {"batch": 100, "seconds_per_step": {str(p): round(t, 5) for p, t in step.items()},
-                          "efficiency": {str(p): round(step[1] / (p * t), 3) for p, t in step.items()}},
     }
+    if base:
+        extra = {p: audit[p] - base[p] for p in procs}
+        result["audit"].update({
+            "base_n": args.base_n, "base_seconds": {str(p): round(t, 2) for p, t in base.items()},
+            "marginal_efficiency": {str(p): round(extra[1] / (p * t), 3) for p, t in extra.items()}})
+    if step:
+        result["train_jr_step"] = {"batch": 100, "seconds_per_step": {str(p): round(t, 5) for p, t in step.items()},
+                                   "efficiency": {str(p): round(step[1] / (p * t), 3) for p, t in step.items()}}
     if args.json:
         print(json.dumps(result))
         return
     print(f"device {args.device}, {args.threads} thread(s) per process")
     for p in procs:
-        print(f"P={p}: audit {audit[p]:.1f} s (efficiency {result['audit']['efficiency'][str(p)]:.2f}); "
-              f"JR train step {step[p] * 1000:.1f} ms (efficiency {result['train_jr_step']['efficiency'][str(p)]:.2f})")
+        line = f"P={p}: audit {audit[p]:.1f} s (efficiency {result['audit']['efficiency'][str(p)]:.2f})"
+        if base:
+            line += (f", {args.base_n} images {base[p]:.1f} s (marginal efficiency "
+                     f"{result['audit']['marginal_efficiency'][str(p)]:.2f})")
+        if step:
+            line += (f"; JR train step {step[p] * 1000:.1f} ms "
+                     f"(efficiency {result['train_jr_step']['efficiency'][str(p)]:.2f})")
+        print(line)
 
 
 if __name__ == "__main__":
