@@ -127,6 +127,39 @@ def test_sharded_audit_equals_single_process_row_for_row(tmp_path):
     assert not list((tmp_path / "two" / "shards").glob("*.sqlite"))  # merged into one store
 
 
+QUEUE_SCRIPT = """
+import json, sys, time
+import torch
+from robustbench_jr.runtime import dist_context
+
+dist, _ = dist_context("cpu")
+first, second = dist.queue(), dist.queue()
+dist.barrier()
+got = []
+while (j := first()) < 60:
+    got.append(j)
+    time.sleep(0.1 if dist.rank == 1 else 0.0)  # rank 1's items are slow ones
+dist.barrier()
+again = [second() for _ in range(3)]
+with open(f"{sys.argv[1]}/rank-{dist.rank}.json", "w") as f:
+    json.dump({"got": got, "again": again}, f)
+dist.barrier()
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_work_queue_hands_every_item_to_exactly_one_rank_and_the_free_rank_takes_more(tmp_path):
+    script = tmp_path / "claim_items.py"  # not queue.py: the stdlib module of that name
+    script.write_text(QUEUE_SCRIPT)
+    res = _run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1))
+    assert sorted(r0["got"] + r1["got"]) == list(range(60))  # each item once, none lost
+    assert r0["got"] == sorted(r0["got"]) and r1["got"] == sorted(r1["got"])
+    assert len(r0["got"]) >= 3 * len(r1["got"])  # the rank whose items are quick takes most of them
+    assert sorted(r0["again"] + r1["again"]) == list(range(6))  # a second queue counts from 0 on its own
+
+
 def test_audit_killed_under_two_ranks_resumes_under_one(tmp_path):
     args = [*AUDIT, "--attacks", "noise,cw", "--n", "12", "--batch-size", "1"]
     out = tmp_path / "r"
