@@ -124,18 +124,23 @@ class DeepFoolSearch(Search):
                     fooled = torch.zeros(len(idx), dtype=torch.bool, device=dev)
                 else:
                     fooled = z.argmax(1) != y[idx]
-                found[idx[fooled]] = True
-                active[idx[fooled]] = False
-                if it == cfg.max_iterations or bool(fooled.all()):
+                # masked updates with integer indices: the iteration's host-device syncs are the
+                # two lookups of the rows still stepping (active, then not yet fooled)
+                found[idx] = found[idx] | fooled
+                active[idx] = active[idx] & ~fooled
+                if it == cfg.max_iterations:
                     continue
                 keep = (~fooled).nonzero().squeeze(1)
+                if not keep.numel():
+                    continue
                 step, ok = self._step(logits, xin, z, y[idx], cand_classes[idx], keep, tally, idx)
             k_idx = idx[keep]
-            n_zero += int((~ok).sum()) if it == 0 else 0
-            active[k_idx[~ok]] = False  # no usable gradient: cannot move
+            if it == 0:
+                n_zero = (~ok).sum()
+            active[k_idx] = active[k_idx] & ok  # no usable gradient: cannot move
             r_tot[k_idx] += step
             cur[k_idx] = (x[k_idx] + (1.0 + cfg.overshoot) * r_tot[k_idx]).clamp(0, 1)
-        warn_zero_gradients(self.name, n_zero)
+        warn_zero_gradients(self.name, int(n_zero))
         adv = torch.where(found.view(-1, 1, 1, 1), cur, torch.full_like(cur, float("nan")))
         if cfg.refine and bool(found.any()):
             adv = self._refine(model, x, y, r_tot, found, adv, tally)
@@ -173,7 +178,7 @@ class DeepFoolSearch(Search):
             best_ratio = torch.where(better, r_min, best_ratio)
             mm = torch.arange(m, device=z.device)
             best_f = torch.where(better, f[j_min, mm], best_f)
-            best_w[better] = w[j_min, mm][better]
+            best_w = torch.where(better.view(-1, *([1] * (w.dim() - 2))), w[j_min, mm], best_w)
         ok = torch.isfinite(best_ratio)
         wn = best_w.flatten(1).norm(dim=1).clamp_min(torch.finfo(best_w.dtype).tiny)
         scale = torch.where(ok, (best_f.abs() / wn + 1e-4) / wn, torch.zeros_like(wn))
