@@ -254,6 +254,21 @@ def test_tangent_step_turns_the_direction_by_arctan_of_alpha_sin_theta():
         assert torch.allclose(torch.acos(cos.clamp(-1, 1)), torch.atan(alpha * sin), atol=1e-7)
 
 
+@pytest.mark.parametrize("tangent", [True, False])
+def test_tangent_option_decides_the_direction_step(tangent, monkeypatch):
+    import robustbench_jr.attacks.ddn as ddn_module
+
+    original, calls = ddn_module._tangent, []
+    monkeypatch.setattr(ddn_module, "_tangent", lambda g, delta: calls.append(1) or original(g, delta))
+    model, x, y, _ = CASES["max-affine"]()
+    cfg = {**QUICK, "candidates": 1, "steps": 12}
+    r = build_search("ddn", {**cfg, "tangent": tangent}).run(model, x, y)
+    assert len(calls) == (12 if tangent else 0)  # once per step of the batch when on
+    assert bool(r.fooled.all())
+    other = build_search("ddn", {**cfg, "tangent": not tangent}).run(model, x, y)
+    assert not torch.equal(r.l2, other.l2)  # the two direction steps differ
+
+
 def test_keep_best_rows_prefers_found_then_smallest_eps_then_first():
     inf = float("inf")
     best = torch.tensor([inf, 2.0, 1.5, inf, inf, inf, 3.0, 3.0], dtype=torch.float64)
