@@ -140,9 +140,9 @@ def emit(handler: Optional[EventHandler], kind: str, **kwargs: Any) -> None:
 class Dist:
     """Where this process stands in a ``torchrun`` job (world size 1 without torchrun).
 
-    ``share(n)`` is this rank's deterministic share of ``n`` work items (round-robin, so
-    shares differ by at most one item); ``queue()`` hands work items out to whichever rank
-    asks first (for items of unequal cost); ``all_reduce_sum`` sums a tensor over ranks
+    ``owns(i)`` says whether work item ``i`` is this rank's in a fixed round-robin (for
+    items of equal cost, e.g. the batches of the clean pass and ‖J‖_F); ``queue()`` hands
+    work items out to whichever rank asks first (for items of unequal cost); ``all_reduce_sum`` sums a tensor over ranks
     (a no-op for one process); ``barrier`` waits for every rank.
     """
 
@@ -158,9 +158,6 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    def share(self, n: int) -> range:
-        return range(self.rank, n, self.world_size)
 
     def owns(self, item: int) -> bool:
         return item % self.world_size == self.rank
